@@ -1,0 +1,109 @@
+"""What every benchmark shares: CLI options, machine/version metadata, targets, tables and result files."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from tasks.io import atomic_write_json, atomic_write_text
+
+__all__ = ["PROFILES", "add_common_args", "machine_info", "versions", "Target", "format_table", "write_results", "Stopwatch"]
+
+PROFILES = ("quick", "full")
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, default_seed: int = 0) -> None:
+    """``--profile quick|full``, ``--out DIR`` and ``--seed`` (the options every benchmark takes)."""
+    parser.add_argument("--profile", choices=PROFILES, default="quick", help="quick: about 10 minutes or less on 2 cores; full: every setting")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the JSON/Markdown/PNG results (default: results/)")
+    parser.add_argument("--seed", type=int, default=default_seed, help=f"random seed (default {default_seed})")
+
+
+def machine_info() -> dict:
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+    }
+
+
+def versions(*packages: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for p in ("neuromfm", "torch", "numpy", *packages):
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target the issue names, judged from what the run measured."""
+
+    name: str
+    measured: float
+    goal: str
+    met: bool
+    profile_only: str | None = None  # "full" when only the full profile checks it
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "measured": self.measured, "goal": self.goal, "met": bool(self.met)}
+        if self.profile_only:
+            d["profile_only"] = self.profile_only
+        return d
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) >= 1e4 or abs(v) < 1e-3:
+            return f"{v:.3g}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, markdown: bool = False) -> str:
+    """A plain-text (aligned) or Markdown table."""
+    cells = [[_fmt(v) for v in r] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    return "\n".join([line, sep, *body])
+
+
+def write_results(out_dir: Path, name: str, payload: dict, *, markdown: str | None = None) -> Path:
+    """Write ``out_dir/<name>.json`` (and ``<name>.md``) atomically; returns the JSON path."""
+    path = atomic_write_json(Path(out_dir) / f"{name}.json", payload)
+    if markdown is not None:
+        atomic_write_text(Path(out_dir) / f"{name}.md", markdown)
+    return path
+
+
+class Stopwatch:
+    """``with Stopwatch() as sw: ...``; ``sw.seconds`` afterwards."""
+
+    def __enter__(self) -> "Stopwatch":
+        self._t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._t0

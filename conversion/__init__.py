@@ -1,0 +1,5 @@
+"""ANN -> SNN conversion."""
+
+from conversion.threshold import ConversionConfig, NormMethod, UnsupportedLayerError, check_convertible, convert_mlp
+
+__all__ = ["ConversionConfig", "NormMethod", "UnsupportedLayerError", "check_convertible", "convert_mlp"]

@@ -1,0 +1,1 @@
+"""Hardware models: workload IR, energy model, simulated accelerator and neuromorphic targets."""

@@ -1,0 +1,1 @@
+"""The spiking track: neurons, spiking models, their runtime and accounting."""

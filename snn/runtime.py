@@ -1,0 +1,40 @@
+"""Running multi-step spiking networks: direct (analog) input encoding over T timesteps and rate read-out.
+
+Dimension letters: T timesteps, B batch, F features, C classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["DirectEncodingSNN"]
+
+
+class DirectEncodingSNN(nn.Module):
+    """Wrap a multi-step spiking network (SpikingJelly ``step_mode='m'``: inputs ``(T, B, ...)``).
+
+    Direct encoding: the static input ``x`` is presented as the same input current at every timestep,
+    ``x_seq[t] = x`` for ``t = 0..T-1``. Read-out: the mean over time of the last layer's output,
+
+        logits = (1/T) * sum_t net(x_seq)[t]
+
+    which, for a converted ANN whose last layer has no neuron, estimates the ANN logits.
+    Neuron states are reset before and after every forward pass, so calls are independent.
+    """
+
+    def __init__(self, *, net: nn.Module, timesteps: int) -> None:
+        super().__init__()
+        if not isinstance(timesteps, int) or timesteps < 1:
+            raise ValueError(f"DirectEncodingSNN: timesteps={timesteps!r} must be an int >= 1")
+        self.net = net
+        self.timesteps = timesteps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(self.net)
+        x_seq = x.unsqueeze(0).expand(self.timesteps, *x.shape)  # (B, F) -> (T, B, F)
+        out = self.net(x_seq)  # (T, B, C)
+        functional.reset_net(self.net)
+        return out.mean(dim=0)  # (B, C)
