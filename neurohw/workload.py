@@ -179,7 +179,10 @@ def default_is_neuron(module: nn.Module) -> bool:
     return isinstance(module, tuple(bases)) if bases else False
 
 
-_ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Hardtanh, nn.ReLU6)
+def _elementwise_types() -> tuple[type, ...]:
+    from quant.ptq import ActivationFakeQuant  # requantization: one scale multiply per element
+
+    return (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Hardtanh, nn.ReLU6, ActivationFakeQuant)
 
 
 class _Recorder:
@@ -292,6 +295,7 @@ def trace(
     rec = _Recorder(timesteps=timesteps, batch=int(x.shape[0]))
     handles, untraced = [], []
     neuron_names: list[str] = []
+    elementwise = _elementwise_types()
     for mod_name, module in model.named_modules():
         if any(mod_name.startswith(p + ".") for p in neuron_names):
             continue  # submodules of a neuron (e.g. its surrogate function) are part of the neuron
@@ -302,7 +306,7 @@ def trace(
             handles.append(module.register_forward_hook(lambda m, i, o, n=mod_name: rec.linear(n, m, i[0])))
         elif isinstance(module, nn.Conv2d):
             handles.append(module.register_forward_hook(lambda m, i, o, n=mod_name: rec.conv2d(n, m, i[0], o)))
-        elif isinstance(module, _ELEMENTWISE):
+        elif isinstance(module, elementwise):
             handles.append(module.register_forward_hook(lambda m, i, o, n=mod_name: rec.elementwise(n, m, o)))
         elif not list(module.children()) and any(True for _ in module.parameters(recurse=False)):
             untraced.append(f"{mod_name} ({type(module).__name__})")
