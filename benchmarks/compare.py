@@ -179,7 +179,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax1.plot([r["energy_uj"]["total"] for r in pts], [100 * r["accuracy"] for r in pts], marker=marker,
                          linestyle="-" if track == "snn" else "none", label=f"{task} {track.upper()}")
                 for r in pts:
-                    ax1.annotate(f"T={r['timesteps']}" if r["timesteps"] else "ANN", (r["energy_uj"]["total"], 100 * r["accuracy"]),
+                    ax1.annotate(f"T={r['timesteps']}" if r["timesteps"] else r["variant"], (r["energy_uj"]["total"], 100 * r["accuracy"]),
                                  textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax1.set_xscale("log")
     ax1.set_xlabel("energy per inference (uJ, compute + memory)")
