@@ -346,7 +346,7 @@ def test_without_optional_layers_the_hook_still_contains(plain_sandbox, tmp_path
 
 
 def test_missing_namespaces_fall_back_with_a_warning_unless_required(monkeypatch):
-    monkeypatch.setattr("tasks.sandbox.shutil.which", lambda *args, **kwargs: None)  # no `unshare` program
+    monkeypatch.setattr("tasks.sandbox.layers.shutil.which", lambda *args, **kwargs: None)  # no `unshare` program
     namespaces = {IsolationLayer.NETWORK_NAMESPACE, IsolationLayer.PID_NAMESPACE, IsolationLayer.MOUNT_NAMESPACE}
     with pytest.warns(RuntimeWarning) as record:
         sandbox = Sandbox(config=CONFIG)
