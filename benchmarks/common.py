@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tasks.io import atomic_write_json, atomic_write_text
 
-__all__ = ["PROFILES", "add_common_args", "machine_info", "versions", "Target", "format_table", "write_results", "Stopwatch"]
+__all__ = ["PROFILES", "add_common_args", "machine_info", "versions", "Target", "format_table", "format_targets", "write_results", "Stopwatch"]
 
 PROFILES = ("quick", "full")
 
@@ -87,6 +87,13 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, ma
     sep = "  ".join("-" * w for w in widths)
     body = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
     return "\n".join([line, sep, *body])
+
+
+def format_targets(targets: Sequence[Target], *, markdown: bool = False) -> str:
+    """One line per target: what was measured, the goal, and whether it was met."""
+    if markdown:
+        return "\n".join(f"- target `{t.name}`: measured {t.measured:.4g}, goal {t.goal}: {'met' if t.met else 'NOT met'}" for t in targets)
+    return "\n".join(f"target {t.name}: measured {t.measured:.4g}, goal {t.goal} -> {'met' if t.met else 'NOT MET'}" for t in targets)
 
 
 def write_results(out_dir: Path, name: str, payload: dict, *, markdown: str | None = None) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Stopwatch, Target, add_common_args, format_table, machine_info, versions, write_results
+from benchmarks.common import Stopwatch, Target, add_common_args, format_table, format_targets, machine_info, versions, write_results
 
 TRACKS = ("ann", "snn")
 COLUMNS = ("track", "variant", "task", "accuracy", "params", "macs", "sops", "timesteps", "firing_rate",
@@ -258,13 +258,12 @@ def main(argv: list[str] | None = None) -> dict:
     }
     text = format_table(COLUMNS, table_rows(rows))
     md = "# neuromfm compare\n\n" + format_table(COLUMNS, table_rows(rows), markdown=True) + "\n\n" + \
-         "\n".join(f"- target `{t.name}`: measured {t.measured:.4g}, goal {t.goal}: {'met' if t.met else 'NOT met'}" for t in targets) + "\n"
+         format_targets(targets, markdown=True) + "\n"
     path = write_results(args.out, "compare", payload, markdown=md)
     if rows:
         plot(rows, args.out / "compare.png")
     print(text)
-    for t in targets:
-        print(f"target {t.name}: measured {t.measured:.4g}, goal {t.goal} -> {'met' if t.met else 'NOT MET'}")
+    print(format_targets(targets))
     print(f"wrote {path}, {args.out / 'compare.md'}, {args.out / 'compare.png'}")
     return payload
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ann.vqa_baseline import VQABaselineConfig, predict_vqa, train_vqa_baseline
-from benchmarks.common import Stopwatch, Target, add_common_args, format_table, machine_info, versions, write_results
+from benchmarks.common import Stopwatch, Target, add_common_args, format_table, format_targets, machine_info, versions, write_results
 from tasks.io import atomic_write_bytes
 from tasks.synthmed import (ANSWER_VOCAB, QuestionType, SynthMedConfig, SynthMedSplit, blind_baseline, decode_answer,
                             load_synthmed)
@@ -149,12 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": [t.to_dict() for t in targets],
     }
     md = ("# SynthMed-VQA: blind vs image+question\n\n" + format_table(COLUMNS, rows, markdown=True) + "\n\n"
-          + "\n".join(f"- target `{t.name}`: measured {t.measured:.4g}, goal {t.goal}: {'met' if t.met else 'NOT met'}"
-                      for t in targets) + "\n")
+          + format_targets(targets, markdown=True) + "\n")
     path = write_results(args.out, "synthmed", payload, markdown=md)
     print(format_table(COLUMNS, rows))
-    for t in targets:
-        print(f"target {t.name}: measured {t.measured:.4g}, goal {t.goal} -> {'met' if t.met else 'NOT MET'}")
+    print(format_targets(targets))
     print(f"wrote {path}, {args.out / 'synthmed.md'}, {args.out / 'synthmed_examples.png'} in {total.seconds:.0f} s")
     return payload
 
