@@ -122,7 +122,7 @@ def run_digits(args: argparse.Namespace, profile: Profile, log: Callable[[str], 
     test = splits["test"]
     rows: list[dict] = []
     ann_acc = evaluate(model, test.x, test.y)
-    if "ann" in args.tracks or "snn" in args.tracks:  # the SNN rows compare against the ANN row
+    if "ann" in args.tracks:
         rows.append(make_row(track="ann", variant="MLP fp32", task="digits", accuracy=ann_acc,
                              workload=trace(model, test.x, name="digits MLP fp32"),
                              cpu_ms=cpu_ms_per_sample(model, test.x, repeats=profile.latency_repeats)))
@@ -146,8 +146,6 @@ def run_digits(args: argparse.Namespace, profile: Profile, log: Callable[[str], 
                                  accuracy=evaluate(snn, test.x, test.y),
                                  workload=trace(snn, test.x, name=f"digits converted SNN T={T}", timesteps=T),
                                  cpu_ms=cpu_ms_per_sample(snn, test.x, repeats=profile.latency_repeats)))
-    if "ann" not in args.tracks:
-        rows = [r for r in rows if r["track"] != "ann"]
     return rows, meta, targets
 
 

@@ -21,6 +21,7 @@ Op kinds and their counts (per inference):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
@@ -161,8 +162,8 @@ class Workload:
         )
 
 
-def default_is_neuron(module: nn.Module) -> bool:
-    """True for spiking-neuron modules of SpikingJelly (``BaseNode``) and snnTorch (``SpikingNeuron``)."""
+@functools.cache
+def _neuron_bases() -> tuple[type, ...]:
     bases: list[type] = []
     try:
         from spikingjelly.activation_based.neuron import BaseNode
@@ -176,7 +177,12 @@ def default_is_neuron(module: nn.Module) -> bool:
         bases.append(SpikingNeuron)
     except ImportError:
         pass
-    return isinstance(module, tuple(bases)) if bases else False
+    return tuple(bases)
+
+
+def default_is_neuron(module: nn.Module) -> bool:
+    """True for spiking-neuron modules of SpikingJelly (``BaseNode``) and snnTorch (``SpikingNeuron``)."""
+    return isinstance(module, _neuron_bases())
 
 
 def _elementwise_types() -> tuple[type, ...]:
@@ -249,7 +255,8 @@ class _Recorder:
     def neuron(self, name: str, module: nn.Module, out: torch.Tensor) -> None:
         T = self.T or 1
         e = self._entry(name, OpKind.NEURON, module)
-        e.update(timesteps=T, neurons=out.numel() // (T * self.B) if e["calls"] == 1 else e.get("neurons", 0))
+        e["timesteps"] = T
+        e.setdefault("neurons", out.numel() // (T * self.B))
         e["elements"] = e.get("elements", 0.0) + out.numel() / self.B
         e["spikes"] = e.get("spikes", 0.0) + float(out.sum()) / self.B
 
