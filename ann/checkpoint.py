@@ -12,7 +12,7 @@ from pathlib import Path
 from ann.models.mlp import MLPConfig, ReLUMLP
 from tasks.io import atomic_write_json, load_tensors, read_json, save_tensors
 
-__all__ = ["save_mlp", "load_mlp"]
+__all__ = ["save_mlp", "load_mlp", "save_pretrained_atomic"]
 
 _WEIGHTS = "model.safetensors"
 _CONFIG = "config.json"
@@ -43,3 +43,26 @@ def load_mlp(directory: str | os.PathLike) -> tuple[ReLUMLP, dict]:
     except RuntimeError as e:
         raise ValueError(f"checkpoint weights {directory / _WEIGHTS} do not match its config: {e}") from e
     return model.eval(), cfg
+
+
+def save_pretrained_atomic(model, directory: str | os.PathLike, *, tokenizer=None) -> Path:
+    """``model.save_pretrained`` (safetensors) + ``tokenizer.save_pretrained`` into ``directory``, atomically.
+
+    Everything is written to a temp folder beside ``directory`` first and renamed over it at the end, so a
+    crash leaves either the previous model folder or the new one, never a mix.
+    """
+    import shutil
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
+    old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory

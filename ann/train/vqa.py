@@ -1,0 +1,182 @@
+"""SynthMed-VQA for the MFM: prompt encoding, the training objective and greedy-decoding evaluation.
+
+One sample is (image, question, answer). Its tokens (see :mod:`ann.models.mfm_tokenizer`)::
+
+    <pad>.. <bos> <image> x V  q_1 .. q_m  a_1 .. a_r <eos>        (left-padded to a common length L)
+
+The loss is the summed next-token cross-entropy of the target tokens ``a_1 .. a_r <eos>`` divided by the
+number of *samples* (not tokens) in the batch, so that equal DDP shards average to exactly the loss of the
+whole batch:
+
+    loss = (1 / N) * sum_n sum_{t in target(n)} -log p(x_t | x_<t, image_n)
+
+Training batches group all questions of B images, so the vision tower runs once per image; the image
+features are gathered per sample and written over the ``<image>`` token embeddings. The answer is correct when
+greedy decoding reproduces the answer's words exactly (then ``<eos>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ann.train.dist import shard, DistInfo
+from tasks.synthmed import ANSWER_VOCAB, QUESTION_TEMPLATES, QuestionType, SynthMedSplit
+
+__all__ = ["VQATensors", "encode_vqa", "VQAObjective", "image_features", "vqa_batch_fn", "predict_answers",
+           "evaluate_mfm"]
+
+_IGNORE = -100
+
+
+@dataclass(frozen=True)
+class VQATensors:
+    """A split, tokenized. ``input_ids``/``attention_mask``/``labels``: (N, L) with the answer; ``prompt_ids``/
+    ``prompt_mask``: (N, Lp) without it (for generation); ``by_image``: (M, q) sample indices of each image."""
+
+    images: torch.Tensor
+    image_index: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    by_image: np.ndarray
+    answers: tuple[str, ...]
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, L - len(r):] = torch.tensor(r)
+        mask[i, L - len(r):] = 1
+    return ids, mask
+
+
+def encode_vqa(split: SynthMedSplit, tokenizer, num_visual_tokens: int) -> VQATensors:
+    """Tokenize every (image, question, answer) of ``split`` for a model with ``num_visual_tokens``."""
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    head = [tokenizer.bos_token_id] + [image_id] * num_visual_tokens
+    q_tokens = [tokenizer(t.text, add_special_tokens=False)["input_ids"] for t in QUESTION_TEMPLATES]
+    a_tokens = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in ANSWER_VOCAB]
+    prompts = [head + q_tokens[int(t)] for t in split.template_ids]
+    targets = [a_tokens[int(a)] for a in split.answer_ids]
+    full, mask = _left_pad([p + t for p, t in zip(prompts, targets)], tokenizer.pad_token_id)
+    labels = torch.full_like(full, _IGNORE)
+    for i, t in enumerate(targets):
+        labels[i, full.shape[1] - len(t):] = torch.tensor(t)
+    prompt_ids, prompt_mask = _left_pad(prompts, tokenizer.pad_token_id)
+    order = np.argsort(split.image_index, kind="stable")
+    q = len(split) // len(split.images)
+    if q * len(split.images) != len(split) or np.any(np.bincount(split.image_index, minlength=len(split.images)) != q):
+        raise ValueError("every image of the split must carry the same number of questions")
+    return VQATensors(images=torch.from_numpy(np.array(split.images, dtype=np.float32)),
+                      image_index=torch.from_numpy(np.array(split.image_index)), input_ids=full, attention_mask=mask,
+                      labels=labels, prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+                      by_image=order.reshape(len(split.images), q),
+                      answers=tuple(ANSWER_VOCAB[int(a)] for a in split.answer_ids))
+
+
+def image_features(mfm: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Projected visual tokens: (M, C, S, S) -> (M, V, Dt)."""
+    return torch.stack(list(mfm.model.get_image_features(pixel_values=pixel_values).pooler_output))
+
+
+def _embed(mfm: nn.Module, input_ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """Token embeddings with the ``<image>`` positions replaced by ``feats`` (N, V, Dt), in order."""
+    embeds = mfm.get_input_embeddings()(input_ids)  # (N, L, Dt)
+    mask = (input_ids == mfm.config.image_token_id).unsqueeze(-1)  # (N, L, 1)
+    return embeds.masked_scatter(mask, feats.to(embeds.dtype))
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp_min(0)  # left padding: the first real token is position 0
+
+
+class VQAObjective(nn.Module):
+    """Wraps the MFM so that DDP sees one forward: images once, then every question about them."""
+
+    def __init__(self, mfm: nn.Module) -> None:
+        super().__init__()
+        self.mfm = mfm
+
+    def forward(self, pixel_values: torch.Tensor, image_index: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        feats = image_features(self.mfm, pixel_values)[image_index]  # (N, V, Dt)
+        logits = self.mfm(inputs_embeds=_embed(self.mfm, input_ids, feats), attention_mask=attention_mask,
+                          position_ids=_positions(attention_mask)).logits  # (N, L, vocab)
+        nll = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                          ignore_index=_IGNORE, reduction="sum")
+        return nll / input_ids.shape[0]
+
+
+def vqa_batch_fn(data: VQATensors, *, images_per_batch: int, seed: int):
+    """``(step, rank, world) -> batch``: all questions of ``images_per_batch`` images (global), a fresh
+    permutation of the images every epoch; rank r takes the r-th equal slice of the images."""
+    M = data.by_image.shape[0]
+    if images_per_batch > M:
+        raise ValueError(f"images_per_batch={images_per_batch} exceeds the {M} training images")
+    per_epoch = M // images_per_batch
+
+    def batch(step: int, rank: int, world: int) -> dict[str, torch.Tensor]:
+        epoch, k = divmod(step, per_epoch)
+        perm = np.random.default_rng([seed, epoch]).permutation(M)
+        imgs = perm[k * images_per_batch:(k + 1) * images_per_batch][shard(images_per_batch, DistInfo(rank, world))]
+        samples = torch.from_numpy(data.by_image[imgs].reshape(-1))
+        local = torch.arange(len(imgs)).repeat_interleave(data.by_image.shape[1])
+        return {"pixel_values": data.images[torch.from_numpy(imgs)], "image_index": local,
+                "input_ids": data.input_ids[samples], "attention_mask": data.attention_mask[samples],
+                "labels": data.labels[samples]}
+
+    return batch
+
+
+@torch.no_grad()
+def predict_answers(mfm: nn.Module, tokenizer, data: VQATensors, *, images_per_batch: int = 128,
+                    max_new_tokens: int = 3, progress: bool = False) -> list[str]:
+    """Greedy-decode every sample's answer (words up to ``<eos>``)."""
+    mfm.eval()
+    out: list[str | None] = [None] * len(data.answers)
+    M = data.by_image.shape[0]
+    for s in tqdm(range(0, M, images_per_batch), desc="answer", disable=not progress, leave=False):
+        imgs = np.arange(s, min(M, s + images_per_batch))
+        samples = torch.from_numpy(data.by_image[imgs].reshape(-1))
+        feats = image_features(mfm, data.images[torch.from_numpy(imgs)])
+        feats = feats.repeat_interleave(data.by_image.shape[1], dim=0)  # (N, V, Dt)
+        ids, mask = data.prompt_ids[samples], data.prompt_mask[samples]
+        done = torch.zeros(len(samples), dtype=torch.bool)
+        gen: list[list[int]] = [[] for _ in range(len(samples))]
+        for _ in range(max_new_tokens):
+            logits = mfm(inputs_embeds=_embed(mfm, ids, feats), attention_mask=mask,
+                         position_ids=_positions(mask)).logits[:, -1]  # (N, vocab)
+            nxt = logits.argmax(-1)
+            for i in torch.nonzero(~done).flatten().tolist():
+                if int(nxt[i]) == tokenizer.eos_token_id:
+                    done[i] = True
+                else:
+                    gen[i].append(int(nxt[i]))
+            if bool(done.all()):
+                break
+            ids = torch.cat([ids, nxt[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        for i, n in enumerate(samples.tolist()):
+            out[n] = tokenizer.decode(gen[i]) if done[i] else tokenizer.decode(gen[i]) + " <no-eos>"
+    return [o if o is not None else "" for o in out]
+
+
+def evaluate_mfm(mfm: nn.Module, tokenizer, data: VQATensors, split: SynthMedSplit, **kw) -> dict[str, float]:
+    """Exact-match answer accuracy, overall and per question type."""
+    pred = predict_answers(mfm, tokenizer, data, **kw)
+    correct = np.array([p == a for p, a in zip(pred, data.answers)])
+    metrics = {"accuracy": float(correct.mean())}
+    for qt in QuestionType:
+        sel = split.question_type_ids == int(qt)
+        if sel.any():
+            metrics[f"accuracy_{qt.name.lower()}"] = float(correct[sel].mean())
+    return metrics
