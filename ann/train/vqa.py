@@ -84,8 +84,8 @@ def encode_vqa(split: SynthMedSplit, tokenizer, num_visual_tokens: int) -> VQATe
 
 
 def image_features(mfm: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Projected visual tokens: (M, C, S, S) -> (M, V, Dt)."""
-    return torch.stack(list(mfm.model.get_image_features(pixel_values=pixel_values).pooler_output))
+    """Projected visual tokens of raw [0, 1] pixels: (M, C, S, S) -> (M, V, Dt)."""
+    return torch.stack(list(mfm.get_image_features(pixel_values=pixel_values).pooler_output))
 
 
 def _embed(mfm: nn.Module, input_ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
