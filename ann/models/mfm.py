@@ -98,8 +98,8 @@ MFM_PRESETS: dict[str, MFMSpec] = {
     # ~0.2 M parameters: a shallow, narrow pair of towers (the cheap tier / draft).
     "small": MFMSpec(vision_hidden=48, vision_layers=1, vision_heads=2, text_hidden=48, text_layers=1,
                      text_heads=2, text_kv_heads=1, mlp_ratio=2, patch_size=16),
-    # ~1.9 M parameters.
-    "large": MFMSpec(vision_hidden=128, vision_layers=4, vision_heads=4, text_hidden=128, text_layers=4,
+    # ~0.8 M parameters: the widths and depths that fit the 15-minute, 2-core training budget with enough steps.
+    "large": MFMSpec(vision_hidden=96, vision_layers=3, vision_heads=4, text_hidden=96, text_layers=3,
                      text_heads=4, text_kv_heads=2, mlp_ratio=4, patch_size=8, merge_factor=2),
 }
 
@@ -165,6 +165,9 @@ class MFMForConditionalGeneration(LlavaForConditionalGeneration):
     def __init__(self, config: MFMConfig) -> None:
         super().__init__(config)
         self.model.vision_tower.pooler = None
+        # LLaVA reads the last hidden state *before* the ViT's final LayerNorm (vision_feature_layer=-1), so that
+        # norm never gets a gradient; freezing it keeps DDP (which refuses unused trainable parameters) working.
+        self.model.vision_tower.layernorm.requires_grad_(False)
         self.model.multi_modal_projector = MergeProjector(config)
         self.post_init()
 
