@@ -31,7 +31,6 @@ from benchmarks.common import (Stopwatch, Target, add_common_args, format_table,
                                versions, write_results)
 from tasks.io import read_json
 
-UNIGRAM_NOTE = "order-0 byte entropy of the held-out files"
 
 
 @dataclass(frozen=True)
