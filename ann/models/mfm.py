@@ -95,7 +95,7 @@ class MFMSpec:
 
 
 MFM_PRESETS: dict[str, MFMSpec] = {
-    # ~0.2 M parameters: a shallow, narrow pair of towers (the cheap tier / draft).
+    # ~61 k parameters: a shallow, narrow pair of towers (the cheap tier / draft).
     "small": MFMSpec(vision_hidden=48, vision_layers=1, vision_heads=2, text_hidden=48, text_layers=1,
                      text_heads=2, text_kv_heads=1, mlp_ratio=2, patch_size=16),
     # ~0.8 M parameters: the widths and depths that fit the 15-minute, 2-core training budget with enough steps.

@@ -26,7 +26,8 @@ from tasks.synthmed import SynthMedConfig, load_synthmed
 
 __all__ = ["add_arguments", "run", "data_config"]
 
-# Defaults measured to fit the 15-minute budget on 2 cores (see the issue note for the figures).
+# Defaults measured to fit the 15-minute budget on 2 cores: large 3000 steps = 689 s, test accuracy 0.760;
+# lr 5e-4 beat 1e-3 and 2e-3 at equal steps (issue 3 note).
 _DEFAULTS = {"small": {"steps": 3000, "lr": 1e-3}, "large": {"steps": 3000, "lr": 5e-4}}
 
 
