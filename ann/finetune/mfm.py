@@ -24,7 +24,7 @@ from ann.finetune.lora import LoraSettings, add_lora, merge_lora, trainable_frac
 from ann.models.hf import ModelFamily, load_pretrained
 from ann.train.dist import init_distributed
 from ann.train.loop import LoopConfig, train_loop
-from ann.train.vqa import VQAObjective, encode_vqa, evaluate_mfm, predict_answers, vqa_batch_fn
+from ann.train.vqa import VQAObjective, answer_accuracy, encode_vqa, evaluate_mfm, predict_answers, vqa_batch_fn
 from tasks.io import atomic_write_json
 from tasks.synthmed import SynthMedConfig, load_synthmed
 
@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> dict:
                         progress=not args.quiet, desc="lora-mfm")
     metrics: dict = {}
     if info.is_main:
-        after = evaluate_mfm(model, tok, tgt_test, tgt_test_split)
         unmerged = predict_answers(model, tok, tgt_test)
+        after = answer_accuracy(unmerged, tgt_test, tgt_test_split)
         merged_model = merge_lora(peft_model)
         merged = predict_answers(merged_model, tok, tgt_test)
         source_after = evaluate_mfm(merged_model, tok, src_test, src_test_split)

@@ -28,7 +28,7 @@ from ann.train.dist import shard, DistInfo
 from tasks.synthmed import ANSWER_VOCAB, QUESTION_TEMPLATES, QuestionType, SynthMedSplit
 
 __all__ = ["VQATensors", "encode_vqa", "VQAObjective", "image_features", "vqa_batch_fn", "predict_answers",
-           "evaluate_mfm"]
+           "evaluate_mfm", "answer_accuracy"]
 
 _IGNORE = -100
 
@@ -172,7 +172,11 @@ def predict_answers(mfm: nn.Module, tokenizer, data: VQATensors, *, images_per_b
 
 def evaluate_mfm(mfm: nn.Module, tokenizer, data: VQATensors, split: SynthMedSplit, **kw) -> dict[str, float]:
     """Exact-match answer accuracy, overall and per question type."""
-    pred = predict_answers(mfm, tokenizer, data, **kw)
+    return answer_accuracy(predict_answers(mfm, tokenizer, data, **kw), data, split)
+
+
+def answer_accuracy(pred: list[str], data: VQATensors, split: SynthMedSplit) -> dict[str, float]:
+    """Exact-match accuracy of predicted answers ``pred`` (one per sample), overall and per question type."""
     correct = np.array([p == a for p, a in zip(pred, data.answers)])
     metrics = {"accuracy": float(correct.mean())}
     for qt in QuestionType:

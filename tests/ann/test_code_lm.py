@@ -16,15 +16,6 @@ from ann.train import code as code_train
 from tasks.code import CodeCorpusConfig, CodeFile, load_stdlib_corpus
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest, and immune to OpenMP stalls when other jobs load the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """One token per UTF-8 byte (ids 3..258), <unk>=0, <bos>=1, <eos>=2 (SmolLM2's special-token ids)."""
     vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2}

@@ -19,15 +19,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest, and immune to OpenMP stalls when other jobs load the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def byte_tokenizer(*, bos: bool = True) -> PreTrainedTokenizerFast:
     """One token per UTF-8 byte (ids 2..257), plus <bos>=0 and <eos>=1."""
     vocab = {"<bos>": 0, "<eos>": 1}

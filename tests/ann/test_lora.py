@@ -9,15 +9,6 @@ from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, V
 from ann.finetune.lora import LoraSettings, add_lora, default_targets, merge_lora, trainable_fraction
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest, and immune to OpenMP stalls when other jobs load the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,

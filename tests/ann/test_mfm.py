@@ -165,3 +165,25 @@ def test_mfm_training_resumes_exactly_after_an_interruption(tok, split, tmp_path
     resumed = run(tmp_path, batch_fn)
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_mfm_shift_lora_entry_point_end_to_end(tmp_path):
+    import argparse
+    import json
+
+    from ann.finetune import mfm as shift
+    from ann.train import synthmed
+
+    def parse(module, argv):
+        p = argparse.ArgumentParser()
+        module.add_arguments(p)
+        return p.parse_args(argv)
+
+    synthmed.run(parse(synthmed, ["--size", "small", "--steps", "2", "--n-train", "8", "--n-val", "8", "--n-test", "8",
+                                  "--images-per-batch", "8", "--eval-every", "0", "--quiet", "--out", str(tmp_path / "base")]))
+    m = shift.run(parse(shift, ["--base", str(tmp_path / "base" / "model"), "--steps", "2", "--n-train", "8",
+                                "--n-test", "8", "--images-per-batch", "8", "--quiet", "--out", str(tmp_path / "lora")]))
+    assert 0 < m["trainable_fraction"] < 1 and m["merged_equals_unmerged_fraction"] == 1.0
+    assert json.loads((tmp_path / "lora" / "metrics.json").read_text())["shifted_test_after"] == m["shifted_test_after"]
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path / "lora" / "model")  # merged: a plain MFM folder
+    assert type(again).__name__ == "MFMForConditionalGeneration"
