@@ -2,7 +2,8 @@
 
 For each model: parameter count, quality metric, training time and checkpoint size, measured in this run or
 read from the checkpoint cache (``--cache-dir``, one folder per model keyed by a hash of the exact training
-arguments, so a changed setting retrains; a cached entry keeps the training time measured when it was made).
+arguments and of the training code's sources (:data:`CODE_PATHS`), so a changed setting or a changed default
+retrains; a cached entry keeps the training time measured when it was made).
 
 Models (all trained through the public entry points, ``python -m ann.train`` / ``python -m ann.finetune``):
 
@@ -54,7 +55,8 @@ def _mfm_row(m: dict) -> dict:
 
 def _mfm_argv(size: str) -> Callable[[str, dict[str, Path]], list[str]]:
     def argv(profile: str, _: dict[str, Path]) -> list[str]:
-        quick = ["--steps", "300", "--n-train", "2000", "--n-test", "500", "--eval-every", "0"] if profile == "quick" else []
+        steps = ["--vision-steps", "300", "--steps", "200"] if size == "large" else ["--steps", "300"]
+        quick = [*steps, "--n-train", "2000", "--n-test", "500", "--eval-every", "0"] if profile == "quick" else []
         return ["--size", size, "--quiet", *quick]
     return argv
 
@@ -96,9 +98,25 @@ ENTRIES: dict[str, Entry] = {
 }
 
 
+# The code a trained model depends on: a change to any of these files changes every cache key (over-eager, but a
+# stale model is worse than a retrained one).
+CODE_PATHS = ("ann/train", "ann/models", "ann/finetune", "ann/eval", "ann/checkpoint.py", "ann/cli.py", "tasks")
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def code_fingerprint() -> str:
+    """sha256 over the relative paths and contents of the ``*.py`` files under :data:`CODE_PATHS`."""
+    h = hashlib.sha256()
+    for rel in CODE_PATHS:
+        root = _REPO / rel
+        for f in sorted([root] if root.is_file() else root.rglob("*.py")):
+            h.update(str(f.relative_to(_REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _run_entry(name: str, entry: Entry, argv: list[str], cache_dir: Path, log: Callable[[str], None]) -> tuple[Path, dict, bool]:
     """Run one entry point into its cache folder (or read the cached result); returns (folder, metrics, cached)."""
-    key = hashlib.sha256(json.dumps([entry.module, argv]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([entry.module, argv, code_fingerprint()]).encode()).hexdigest()[:12]
     out = cache_dir / f"{name}-{key}"
     if (out / "metrics.json").is_file():
         log(f"{name}: cached ({out})")

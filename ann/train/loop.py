@@ -11,6 +11,9 @@ Learning rate at step s (0-based), with W = ``warmup_steps``, S = ``steps``, eta
     eta_s = eta * (s + 1) / W                                         s < W   (linear warmup)
     eta_s = eta * (0.1 + 0.9 * 0.5 * (1 + cos(pi * (s - W) / (S - W))))  s >= W (cosine to 10 % of eta)
 
+With ``restart_at = R > 0`` the run is two stages (e.g. vision pre-training, then the full task) and the
+schedule above runs twice: over steps [0, R) with S = R, and over [R, S) with s and S shifted by R.
+
 Checkpoint layout (``out_dir/checkpoint``; written to a temp folder, then renamed, so a crash mid-write
 leaves the previous checkpoint intact): ``model.safetensors`` (trainable parameters and buffers: a LoRA run
 stores only its adapters), ``optimizer.safetensors`` (AdamW moments), ``trainer_state.json`` (step, loss and
@@ -54,6 +57,7 @@ class LoopConfig:
         checkpoint_every: checkpoint every this many steps (0: only at the end).
         seed: seeds dropout, step by step.
         betas: AdamW betas.
+        restart_at: step at which warmup + cosine start again (0: one schedule over the whole run).
     """
 
     steps: int
@@ -65,6 +69,7 @@ class LoopConfig:
     checkpoint_every: int = 0
     seed: int = 0
     betas: tuple[float, float] = (0.9, 0.95)
+    restart_at: int = 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, fix: str) -> None:
@@ -75,6 +80,9 @@ class LoopConfig:
         need(isinstance(self.lr, (int, float)) and 0 < self.lr < 1, "lr", "use a float in (0, 1)")
         need(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps < self.steps, "warmup_steps",
              "use an int in [0, steps)")
+        need(isinstance(self.restart_at, int) and (self.restart_at == 0 or
+             self.warmup_steps < self.restart_at < self.steps - self.warmup_steps), "restart_at",
+             "use 0 (no restart) or an int with warmup_steps < restart_at < steps - warmup_steps")
         need(self.weight_decay >= 0, "weight_decay", "use a float >= 0")
         need(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "use a float > 0 or None")
         need(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", "use an int >= 0")
@@ -82,9 +90,12 @@ class LoopConfig:
 
     def lr_at(self, step: int) -> float:
         """Learning rate of 0-based ``step`` (formula in the module docstring)."""
+        start, end = (0, self.steps) if self.restart_at == 0 else \
+            ((0, self.restart_at) if step < self.restart_at else (self.restart_at, self.steps))
+        step -= start
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
-        span = max(1, self.steps - self.warmup_steps)
+        span = max(1, end - start - self.warmup_steps)
         return self.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * (step - self.warmup_steps) / span)))
 
 
@@ -183,7 +194,8 @@ def _load_checkpoint(d: Path, model: nn.Module, opt: torch.optim.Optimizer, conf
 def train_loop(model: nn.Module, *, batch_fn: Callable[[int, int, int], Any],
                loss_fn: Callable[[nn.Module, Any], torch.Tensor], config: LoopConfig,
                out_dir: str | os.PathLike | None, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-               resume: bool = True, progress: bool = True, desc: str = "train") -> LoopResult:
+               resume: bool = True, progress: bool = True, desc: str = "train",
+               find_unused_parameters: bool = False) -> LoopResult:
     """Train ``model`` in place for ``config.steps`` optimizer steps.
 
     Args:
@@ -193,6 +205,8 @@ def train_loop(model: nn.Module, *, batch_fn: Callable[[int, int, int], Any],
         out_dir: checkpoints go to ``out_dir/checkpoint`` (None: no checkpoints, no resume).
         evaluate: ``model -> {metric: value}``, run on rank 0 every ``eval_every`` steps and at the end.
         resume: continue from ``out_dir/checkpoint`` when there is one.
+        find_unused_parameters: tell DDP that some steps leave parameters without a gradient (a stage that
+            trains only part of the model); costs an extra graph traversal per step.
     """
     info: DistInfo = init_distributed()
     directory = Path(out_dir) if out_dir is not None else None
@@ -207,7 +221,7 @@ def train_loop(model: nn.Module, *, batch_fn: Callable[[int, int, int], Any],
         result.train_seconds = float(state.get("train_seconds", 0.0))
     wrapped: nn.Module = model
     if info.world_size > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
     model.train()
 
     def snapshot(step: int) -> None:

@@ -13,6 +13,23 @@ whole batch:
 Training batches group all questions of B images, so the vision tower runs once per image; the image
 features are gathered per sample and written over the ``<image>`` token embeddings. The answer is correct when
 greedy decoding reproduces the answer's words exactly (then ``<eos>``).
+
+Auxiliary answer probe (training only). Each image is asked only a few of the T template questions, but its
+answer to every template is known (``SynthMedSplit.all_answer_ids``). :class:`AnswerProbe` reads the answers
+of all T templates from the projected visual tokens ``F`` (V, Dt) of each image with one learned query per
+template (multi-head cross-attention, then a linear map to the answer vocabulary), and adds
+
+    aux = lambda * (1 / (B T)) * sum_b sum_{t applicable} -log p_probe(answer_{b,t} | F_b)
+
+to the loss (B images in the batch, a fixed denominator so that DDP shards still average exactly). This gives
+the vision tower and projector a dense signal about every attribute of every image at the cost of one small
+attention layer; the language model is untouched, the probe is discarded after training, and the MFM still
+answers every question by generation.
+
+Vision pre-training. Batches without text (``vqa_batch_fn(..., vision_steps=K)`` for its first K steps) train
+only the vision tower, projector and probe on ``aux`` (the language model does not run): a step then costs
+about a third of a full one, and the vision tower, which is what limits accuracy, gets many more updates in
+the same wall time (LLaVA's two stages, with the roles of the pretrained and the trained part swapped).
 """
 
 from __future__ import annotations
@@ -27,8 +44,8 @@ from tqdm.auto import tqdm
 from ann.train.dist import shard, DistInfo
 from tasks.synthmed import ANSWER_VOCAB, QUESTION_TEMPLATES, QuestionType, SynthMedSplit
 
-__all__ = ["VQATensors", "encode_vqa", "VQAObjective", "image_features", "vqa_batch_fn", "predict_answers",
-           "evaluate_mfm", "answer_accuracy"]
+__all__ = ["VQATensors", "encode_vqa", "AnswerProbe", "VQAObjective", "image_features", "vqa_batch_fn", "predict_answers",
+           "evaluate_mfm", "evaluate_probe", "answer_accuracy"]
 
 _IGNORE = -100
 
@@ -36,7 +53,8 @@ _IGNORE = -100
 @dataclass(frozen=True)
 class VQATensors:
     """A split, tokenized. ``input_ids``/``attention_mask``/``labels``: (N, L) with the answer; ``prompt_ids``/
-    ``prompt_mask``: (N, Lp) without it (for generation); ``by_image``: (M, q) sample indices of each image."""
+    ``prompt_mask``: (N, Lp) without it (for generation); ``by_image``: (M, q) sample indices of each image;
+    ``all_answers``: (M, T) answer index of every template for every image (-1: not applicable)."""
 
     images: torch.Tensor
     image_index: torch.Tensor
@@ -47,6 +65,7 @@ class VQATensors:
     prompt_mask: torch.Tensor
     by_image: np.ndarray
     answers: tuple[str, ...]
+    all_answers: torch.Tensor
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +99,8 @@ def encode_vqa(split: SynthMedSplit, tokenizer, num_visual_tokens: int) -> VQATe
                       image_index=torch.from_numpy(np.array(split.image_index)), input_ids=full, attention_mask=mask,
                       labels=labels, prompt_ids=prompt_ids, prompt_mask=prompt_mask,
                       by_image=order.reshape(len(split.images), q),
-                      answers=tuple(ANSWER_VOCAB[int(a)] for a in split.answer_ids))
+                      answers=tuple(ANSWER_VOCAB[int(a)] for a in split.answer_ids),
+                      all_answers=torch.from_numpy(np.array(split.all_answer_ids)))
 
 
 def image_features(mfm: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -99,40 +119,87 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)  # left padding: the first real token is position 0
 
 
-class VQAObjective(nn.Module):
-    """Wraps the MFM so that DDP sees one forward: images once, then every question about them."""
+class AnswerProbe(nn.Module):
+    """Answers of all ``num_templates`` questions from an image's visual tokens: (B, V, D) -> (B, T, answers).
 
-    def __init__(self, mfm: nn.Module) -> None:
+    One learned query per template attends over the V tokens (``heads``-head attention), then a shared
+    LayerNorm + linear map gives the logits over the ``num_answers`` answer vocabulary."""
+
+    def __init__(self, dim: int, num_templates: int, num_answers: int, *, heads: int = 4) -> None:
         super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_templates, dim) * dim ** -0.5)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_answers)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        q = self.queries.unsqueeze(0).expand(feats.shape[0], -1, -1)
+        out, _ = self.attn(q, feats, feats, need_weights=False)
+        return self.head(self.norm(out + q))
+
+
+class VQAObjective(nn.Module):
+    """Wraps the MFM so that DDP sees one forward: images once, then every question about them.
+
+    With ``aux_weight > 0`` an :class:`AnswerProbe` (owned here, not by the MFM) adds the auxiliary loss of the
+    module docstring; batches must then carry ``all_answers`` (B, T). A batch without ``input_ids`` is a
+    vision pre-training batch: the loss is the auxiliary term alone."""
+
+    def __init__(self, mfm: nn.Module, *, aux_weight: float = 0.0) -> None:
+        super().__init__()
+        if not (aux_weight >= 0.0 and np.isfinite(aux_weight)):
+            raise ValueError(f"aux_weight={aux_weight!r} must be a finite number >= 0 (0 disables the answer probe)")
         self.mfm = mfm
+        self.aux_weight = float(aux_weight)
+        self.probe = (AnswerProbe(mfm.config.text_config.hidden_size, len(QUESTION_TEMPLATES), len(ANSWER_VOCAB))
+                      if aux_weight > 0 else None)
 
-    def forward(self, pixel_values: torch.Tensor, image_index: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        feats = image_features(self.mfm, pixel_values)[image_index]  # (N, V, Dt)
-        logits = self.mfm(inputs_embeds=_embed(self.mfm, input_ids, feats), attention_mask=attention_mask,
-                          position_ids=_positions(attention_mask)).logits  # (N, L, vocab)
-        nll = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
-                                          ignore_index=_IGNORE, reduction="sum")
-        return nll / input_ids.shape[0]
+    def forward(self, pixel_values: torch.Tensor, image_index: torch.Tensor | None = None,
+                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, all_answers: torch.Tensor | None = None) -> torch.Tensor:
+        img = image_features(self.mfm, pixel_values)  # (B, V, Dt)
+        loss = img.new_zeros(())
+        if input_ids is not None:
+            feats = img[image_index]  # (N, V, Dt)
+            logits = self.mfm(inputs_embeds=_embed(self.mfm, input_ids, feats), attention_mask=attention_mask,
+                              position_ids=_positions(attention_mask)).logits  # (N, L, vocab)
+            nll = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                              ignore_index=_IGNORE, reduction="sum")
+            loss = nll / input_ids.shape[0]
+        elif self.probe is None:
+            raise ValueError("a vision pre-training batch (no input_ids) needs aux_weight > 0")
+        if self.probe is not None:
+            if all_answers is None:
+                raise ValueError("aux_weight > 0 needs batches with 'all_answers' (vqa_batch_fn provides them)")
+            aux = nn.functional.cross_entropy(self.probe(img).flatten(0, 1), all_answers.flatten(),
+                                              ignore_index=-1, reduction="sum")
+            loss = loss + self.aux_weight * aux / all_answers.numel()
+        return loss
 
 
-def vqa_batch_fn(data: VQATensors, *, images_per_batch: int, seed: int):
+def vqa_batch_fn(data: VQATensors, *, images_per_batch: int, seed: int, vision_steps: int = 0):
     """``(step, rank, world) -> batch``: all questions of ``images_per_batch`` images (global), a fresh
-    permutation of the images every epoch; rank r takes the r-th equal slice of the images."""
+    permutation of the images every epoch; rank r takes the r-th equal slice of the images. Steps below
+    ``vision_steps`` carry only the images and their ``all_answers`` (vision pre-training)."""
     M = data.by_image.shape[0]
     if images_per_batch > M:
         raise ValueError(f"images_per_batch={images_per_batch} exceeds the {M} training images")
+    if not (isinstance(vision_steps, int) and vision_steps >= 0):
+        raise ValueError(f"vision_steps={vision_steps!r} must be an int >= 0")
     per_epoch = M // images_per_batch
 
     def batch(step: int, rank: int, world: int) -> dict[str, torch.Tensor]:
         epoch, k = divmod(step, per_epoch)
         perm = np.random.default_rng([seed, epoch]).permutation(M)
         imgs = perm[k * images_per_batch:(k + 1) * images_per_batch][shard(images_per_batch, DistInfo(rank, world))]
+        if step < vision_steps:
+            return {"pixel_values": data.images[torch.from_numpy(imgs)],
+                    "all_answers": data.all_answers[torch.from_numpy(imgs)]}
         samples = torch.from_numpy(data.by_image[imgs].reshape(-1))
         local = torch.arange(len(imgs)).repeat_interleave(data.by_image.shape[1])
         return {"pixel_values": data.images[torch.from_numpy(imgs)], "image_index": local,
                 "input_ids": data.input_ids[samples], "attention_mask": data.attention_mask[samples],
-                "labels": data.labels[samples]}
+                "labels": data.labels[samples], "all_answers": data.all_answers[torch.from_numpy(imgs)]}
 
     return batch
 
@@ -173,6 +240,21 @@ def predict_answers(mfm: nn.Module, tokenizer, data: VQATensors, *, images_per_b
 def evaluate_mfm(mfm: nn.Module, tokenizer, data: VQATensors, split: SynthMedSplit, **kw) -> dict[str, float]:
     """Exact-match answer accuracy, overall and per question type."""
     return answer_accuracy(predict_answers(mfm, tokenizer, data, **kw), data, split)
+
+
+@torch.no_grad()
+def evaluate_probe(objective: VQAObjective, data: VQATensors, *, images_per_batch: int = 256) -> dict[str, float]:
+    """Accuracy of the training-only :class:`AnswerProbe` over every applicable (image, template) pair of
+    ``data`` (``{}`` without a probe): how much the visual tokens already tell, before the LM has learnt to ask."""
+    if objective.probe is None:
+        return {}
+    correct = total = 0
+    for s in range(0, len(data.images), images_per_batch):
+        ans = data.all_answers[s:s + images_per_batch]
+        pred = objective.probe(image_features(objective.mfm, data.images[s:s + images_per_batch])).argmax(-1)
+        correct += int(((pred == ans) & (ans >= 0)).sum())
+        total += int((ans >= 0).sum())
+    return {"probe_accuracy": correct / total}
 
 
 def answer_accuracy(pred: list[str], data: VQATensors, split: SynthMedSplit) -> dict[str, float]:

@@ -11,7 +11,8 @@ from transformers import AutoModelForImageTextToText, AutoTokenizer, LlavaForCon
 
 from ann.models.mfm import MFM_PRESETS, MFMConfig, MFMSpec, MergeProjector, build_mfm
 from ann.models.mfm_tokenizer import IMAGE_TOKEN, build_vqa_tokenizer, vqa_vocab
-from ann.train.vqa import VQAObjective, encode_vqa, evaluate_mfm, predict_answers, vqa_batch_fn
+from ann.train.vqa import (VQAObjective, encode_vqa, evaluate_mfm, evaluate_probe, image_features, predict_answers,
+                           vqa_batch_fn)
 from tasks.synthmed import ANSWER_VOCAB, SynthMedConfig, load_synthmed
 
 
@@ -115,6 +116,51 @@ def test_objective_matches_hf_forward_with_pixel_values(tok, split):
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_answer_probe_adds_a_loss_on_every_template_and_trains_the_vision_tower(tok, split):
+    model = _build(tok)
+    data = encode_vqa(split, tok, model.num_visual_tokens)
+    b = vqa_batch_fn(data, images_per_batch=4, seed=0)(0, 0, 1)
+    assert b["all_answers"].shape == (4, len(split.all_answer_ids[0]))
+    plain = VQAObjective(model)(**b)
+    obj = VQAObjective(model, aux_weight=0.5)
+    with_aux = obj(**b)
+    # the probe's own term, recomputed: cross-entropy over applicable (image, template) pairs / (B * T)
+    logits = obj.probe(torch.stack(list(model.get_image_features(pixel_values=b["pixel_values"]).pooler_output)))
+    ans = b["all_answers"]
+    assert logits.shape == (*ans.shape, len(ANSWER_VOCAB))
+    lp = torch.log_softmax(logits, -1)
+    ok = ans >= 0
+    aux = -lp[ok, ans[ok]].sum() / ans.numel()
+    torch.testing.assert_close(with_aux, plain + 0.5 * aux)
+    with_aux.backward()
+    assert obj.probe.queries.grad.abs().sum() > 0
+    assert model.model.vision_tower.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+    assert "probe.queries" in dict(obj.named_parameters()) and not any("probe" in n for n, _ in model.named_parameters())
+    with pytest.raises(ValueError, match="all_answers"):
+        obj(**{k: v for k, v in b.items() if k != "all_answers"})
+    with pytest.raises(ValueError, match="aux_weight"):
+        VQAObjective(model, aux_weight=-1.0)
+
+
+def test_vision_pretraining_steps_train_the_vision_side_only(tok, split):
+    model = _build(tok)
+    data = encode_vqa(split, tok, model.num_visual_tokens)
+    fn = vqa_batch_fn(data, images_per_batch=4, seed=0, vision_steps=2)
+    first, third = fn(1, 0, 1), fn(2, 0, 1)
+    assert set(first) == {"pixel_values", "all_answers"} and "input_ids" in third
+    obj = VQAObjective(model, aux_weight=1.0)
+    obj(**first).backward()
+    assert model.model.multi_modal_projector.linear_1.weight.grad is not None
+    assert all(p.grad is None for p in model.model.language_model.parameters())
+    with pytest.raises(ValueError, match="aux_weight > 0"):
+        VQAObjective(model)(**first)
+    acc = evaluate_probe(obj, data)["probe_accuracy"]
+    pred = obj.probe(image_features(model, data.images)).argmax(-1)
+    ok = data.all_answers >= 0
+    assert acc == pytest.approx(float((pred == data.all_answers)[ok].float().mean()))
+    assert evaluate_probe(VQAObjective(model), data) == {}
+
+
 def test_small_mfm_learns_a_tiny_split(tok):
     cfg = SynthMedConfig(n_train=16, n_val=8, n_test=8, seed=5)
     split = load_synthmed("train", cfg)
@@ -187,3 +233,16 @@ def test_mfm_shift_lora_entry_point_end_to_end(tmp_path):
     assert json.loads((tmp_path / "lora" / "metrics.json").read_text())["shifted_test_after"] == m["shifted_test_after"]
     again = AutoModelForImageTextToText.from_pretrained(tmp_path / "lora" / "model")  # merged: a plain MFM folder
     assert type(again).__name__ == "MFMForConditionalGeneration"
+
+
+def test_vision_pretraining_without_the_probe_is_refused(tmp_path):
+    import argparse
+
+    from ann.train import synthmed
+
+    p = argparse.ArgumentParser()
+    synthmed.add_arguments(p)
+    args = p.parse_args(["--size", "small", "--aux-weight", "0", "--vision-steps", "5", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--aux-weight"):
+        synthmed.run(args)
+    assert not any(tmp_path.iterdir())

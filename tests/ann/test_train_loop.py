@@ -53,6 +53,16 @@ def test_schedule_warmup_then_cosine_to_ten_percent():
     assert all(c.lr_at(s) >= c.lr_at(s + 1) for s in range(10, 110))
 
 
+def test_schedule_restarts_for_a_second_stage():
+    c = LoopConfig(steps=150, lr=0.5, warmup_steps=10, restart_at=100)
+    one = LoopConfig(steps=100, lr=0.5, warmup_steps=10)
+    two = LoopConfig(steps=50, lr=0.5, warmup_steps=10)
+    assert [c.lr_at(s) for s in range(100)] == [one.lr_at(s) for s in range(100)]
+    assert [c.lr_at(100 + s) for s in range(50)] == [two.lr_at(s) for s in range(50)]
+    with pytest.raises(ValueError, match="restart_at"):
+        LoopConfig(steps=150, lr=0.5, warmup_steps=10, restart_at=145)
+
+
 def test_training_reduces_loss_and_writes_checkpoint(tmp_path):
     batch_fn, loss_fn = _problem()
     model = _model()
@@ -106,7 +116,8 @@ def test_shard_needs_an_even_split():
 
 
 def _train_cli(out: Path, *, nproc: int) -> dict[str, torch.Tensor]:
-    args = ["-m", "ann.train", "synthmed", "--size", "small", "--steps", "6", "--images-per-batch", "8",
+    # 3 vision pre-training steps (the language model gets no gradient: DDP must allow unused parameters), 3 full
+    args = ["-m", "ann.train", "synthmed", "--size", "small", "--vision-steps", "3", "--steps", "3", "--images-per-batch", "8",
             "--n-train", "32", "--n-val", "8", "--n-test", "8", "--eval-every", "0", "--checkpoint-every", "3",
             "--quiet", "--out", str(out)]
     if nproc > 1:
