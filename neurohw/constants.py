@@ -53,3 +53,12 @@ SRAM_LEVELS: tuple[tuple[int, EnergyConstant], ...] = (
     (1024 * 1024, EnergyConstant(100.0, "64-bit read, 1 MB SRAM")),
 )
 DRAM_PJ_PER_64B = EnergyConstant(1300.0, "64-bit DRAM access (low end of 1.3-2.6 nJ)")
+
+# Technology scaling of on-chip (logic and SRAM) energies from the 45 nm / 0.9 V reference: dynamic energy
+# C V^2 with switched capacitance proportional to the feature size, E(node, V) = E_45 * (node / 45) * (V / 0.9)^2.
+# A first-order approximation (constant-field scaling); measured factors below ~20 nm are larger than this
+# predicts (A. Stillmaker, B. Baas, "Scaling equations for the accurate prediction of CMOS device performance
+# from 180 nm to 7 nm", Integration 58, 2017). DRAM access energy is dominated by the DRAM device and its
+# interface and is NOT scaled.
+TECH_REF_NODE_NM = 45.0
+TECH_REF_VDD = 0.9
