@@ -48,6 +48,7 @@ Utilization = MACs / (R * C * cycles).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass
 
@@ -107,7 +108,7 @@ def sram_pj_per_64b(capacity_bytes: float) -> float:
     xs = [math.log(c) for c, _ in SRAM_LEVELS]
     ys = [math.log(e.value_pj) for _, e in SRAM_LEVELS]
     x = math.log(capacity_bytes)
-    i = 0 if x <= xs[1] else len(xs) - 2 if x >= xs[-2] else next(j for j in range(len(xs) - 1) if xs[j] <= x <= xs[j + 1])
+    i = min(max(bisect.bisect_right(xs, x) - 1, 0), len(xs) - 2)  # segment of x; the end segments extrapolate
     slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
     return math.exp(ys[i] + slope * (x - xs[i]))
 
@@ -141,9 +142,10 @@ def map_gemm(cfg: AcceleratorConfig, m: int, n: int, k: int, *, a_bits: int | No
     cc = compute_cycles(m, n, k, cfg.rows, cfg.cols, df, cfg.overlap_folds)
     macs = m * n * k
 
-    reads = {"a": m * k * (1 if df is Dataflow.IS else fc), "b": k * n * (fr if df is Dataflow.OS else fc if df is Dataflow.IS else 1),
-             "c": 0 if df is Dataflow.OS else m * n * (fr - 1)}
-    writes = {"c": m * n if df is Dataflow.OS else m * n * fr}
+    # how often each operand passes through the array (the SRAM table of the module docstring)
+    a_passes, b_passes, c_passes = {Dataflow.OS: (fc, fr, 1), Dataflow.WS: (fc, 1, fr), Dataflow.IS: (1, fc, fr)}[df]
+    reads = {"a": m * k * a_passes, "b": k * n * b_passes, "c": m * n * (c_passes - 1)}
+    writes = {"c": m * n * c_passes}
 
     copies = 2 if cfg.double_buffer else 1
     usable = {"a": cfg.ifmap_sram_kb * 1024 / copies, "b": cfg.weight_sram_kb * 1024 / copies,

@@ -8,24 +8,11 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
 from ann.models.code_lm import CODE_LM_PRESETS, CodeLMConfig, build_code_lm, count_parameters
 from ann.train import code as code_train
 from tasks.code import CodeCorpusConfig, CodeFile, load_stdlib_corpus
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per UTF-8 byte (ids 3..258), <unk>=0, <bos>=1, <eos>=2 (SmolLM2's special-token ids)."""
-    vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2}
-    for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet())):
-        vocab[c] = i + 3
-    t = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    t.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<eos>")
 
 
 TINY = CodeLMConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32,
@@ -61,8 +48,8 @@ def test_config_errors_name_the_field(field, value, msg):
         dataclasses.replace(TINY, **{field: value})
 
 
-def test_encode_blocks_and_batches():
-    tok = byte_tokenizer()
+def test_encode_blocks_and_batches(byte_tok):
+    tok = byte_tok
     files = [CodeFile("a.py", "ab\n"), CodeFile("b.py", "é")]
     ids = code_train.encode_files(files, tok).tolist()
     # [BOS] a b \n [EOS] [BOS] (2 bytes of é) [EOS]
@@ -84,10 +71,10 @@ def test_encode_blocks_and_batches():
         code_train.make_blocks(stream, 1000)
 
 
-def test_token_stream_is_cached(tmp_path):
+def test_token_stream_is_cached(tmp_path, byte_tok):
     write_corpus(tmp_path / "corpus")
     cfg = CodeCorpusConfig(root=str(tmp_path / "corpus"))
-    tok = byte_tokenizer()
+    tok = byte_tok
     ids = code_train.stdlib_token_stream("train", tok, cache_dir=tmp_path / "cache", config=cfg, progress=False)
     cached = list((tmp_path / "cache" / "code_tokens").glob("stdlib-train-*.safetensors"))
     assert len(cached) == 1
@@ -109,10 +96,10 @@ def test_held_out_files_respect_budget(tmp_path):
         code_train.held_out_files(1, config=cfg)
 
 
-def _cli(tmp_path, monkeypatch, steps: int) -> tuple[argparse.ArgumentParser, list[str]]:
+def _cli(tmp_path, monkeypatch, tok, steps: int) -> tuple[argparse.ArgumentParser, list[str]]:
     write_corpus(tmp_path / "corpus", n=60)
     monkeypatch.setitem(CODE_LM_PRESETS, "tiny", TINY)
-    monkeypatch.setattr(code_train, "load_smollm2_tokenizer", lambda cache_dir=None: byte_tokenizer())
+    monkeypatch.setattr(code_train, "load_smollm2_tokenizer", lambda cache_dir=None: tok)
     parser = argparse.ArgumentParser()
     code_train.add_arguments(parser)
     argv = ["--preset", "tiny", "--out", str(tmp_path / "out"), "--steps", str(steps), "--lr", "0.01",
@@ -122,8 +109,8 @@ def _cli(tmp_path, monkeypatch, steps: int) -> tuple[argparse.ArgumentParser, li
     return parser, argv
 
 
-def test_run_end_to_end(tmp_path, monkeypatch):
-    parser, argv = _cli(tmp_path, monkeypatch, steps=12)
+def test_run_end_to_end(tmp_path, monkeypatch, byte_tok):
+    parser, argv = _cli(tmp_path, monkeypatch, byte_tok, steps=12)
     metrics = code_train.run(parser.parse_args(argv))
     assert metrics["params"] == TINY.expected_parameters()
     # a uniform model over 259 byte tokens scores log2(259) = 8.02 bits per byte; 12 steps at lr 1e-2 are below
@@ -135,8 +122,8 @@ def test_run_end_to_end(tmp_path, monkeypatch):
     assert model(torch.tensor([[1, 50, 60, 70]])).logits.shape == (1, 4, 259)
 
 
-def test_run_resumes_from_checkpoint(tmp_path, monkeypatch):
-    parser, argv = _cli(tmp_path, monkeypatch, steps=6)
+def test_run_resumes_from_checkpoint(tmp_path, monkeypatch, byte_tok):
+    parser, argv = _cli(tmp_path, monkeypatch, byte_tok, steps=6)
     code_train.run(parser.parse_args(argv))
     argv[argv.index("--steps") + 1] = "8"  # same warmup (steps // 10 = 0), so the checkpoint is compatible
     metrics = code_train.run(parser.parse_args(argv))

@@ -101,23 +101,14 @@ def test_settings_normalise_and_bad_targets():
         add_lora(tiny_llama(), LoraSettings(target_modules=("no_such_layer",)))
 
 
-def test_smollm2_code_entry_point_on_a_tiny_model(tmp_path, monkeypatch):
+def test_smollm2_code_entry_point_on_a_tiny_model(tmp_path, monkeypatch, byte_tok):
     """ann.finetune.code end to end with a tiny random Llama and a byte tokenizer in place of SmolLM2."""
     import argparse
     import json
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from ann.finetune import code as ft_code
 
-    vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2}
-    for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet())):
-        vocab[c] = i + 3
-    t = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    t.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
+    tok = byte_tok
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=259, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
