@@ -1,15 +1,24 @@
-"""``python -m neurohw.accel gemm --m M --n N --k K --rows R --cols C --dataflow os|ws|is [--overlap]``.
+"""The accelerator's command line.
 
-Prints one JSON object: cycles (compute, memory, total), SRAM reads/writes and DRAM reads/writes per operand,
-energy (total and MAC / SRAM / DRAM) and utilization of one GEMM on the configured systolic array.
+``python -m neurohw.accel gemm --m M --n N --k K --rows R --cols C --dataflow os|ws|is [--overlap]`` prints one
+JSON object: cycles (compute, memory, total), SRAM reads/writes and DRAM reads/writes per operand, energy
+(total and MAC / SRAM / DRAM) and utilization of one GEMM on the configured systolic array.
+
+``python -m neurohw.accel model CHECKPOINT_OR_NAME`` traces a model (a reference name such as ``vit-b16`` or
+``smollm2-135m``, a local HF folder, or a workload IR JSON file), maps it (:mod:`neurohw.accel.model`) and
+prints the per-op table and the totals; ``--json PATH`` writes everything as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+import time
 from dataclasses import fields, replace
+from pathlib import Path
 
 from neurohw.accel.config import PRESETS, AcceleratorConfig, Dataflow
 from neurohw.accel.gemm import map_gemm
@@ -37,6 +46,55 @@ def config_from_args(args: argparse.Namespace) -> AcceleratorConfig:
     return replace(PRESETS[args.preset], **given)
 
 
+def _atomic_write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_workload(source: str, *, seq_len: int, decode: int, image_size: int | None, import_modules: tuple[str, ...],
+                  bits: int):
+    """A workload IR from a JSON file, or traced from a reference name / HF folder at ``bits``-bit integers."""
+    from neurohw.workload import Numeric, Workload
+    from neurohw.workload.reference import trace_hf
+
+    path = Path(source)
+    if path.suffix == ".json" and path.is_file():
+        w = Workload.from_dict(json.loads(path.read_text()))
+    else:
+        w = trace_hf(source, seq_len=seq_len, decode=decode, image_size=image_size, import_modules=import_modules)
+    return w.with_precision(numeric=Numeric.INT, weight_bits=bits, act_bits=bits)
+
+
+def format_table(cost, top: int) -> str:
+    """The per-op table (the ``top`` ops by cycles, in call order; 0: all) and the totals."""
+    ops = list(cost.ops)
+    shown = ops if top <= 0 or top >= len(ops) else sorted(sorted(ops, key=lambda o: -o.cycles)[:top], key=ops.index)
+    head = f"{'op':<48} {'kind':<11} {'unit':<20} {'cycles':>11} {'bound':>7} {'DRAM MB':>9} {'E comp uJ':>10} {'E SRAM uJ':>10} {'E DRAM uJ':>10} {'util':>5}"
+    lines = [head, "-" * len(head)]
+    for o in shown:
+        e = o.energy_pj
+        lines.append(f"{o.name[-48:]:<48} {o.kind:<11} {o.unit[:20]:<20} {o.cycles:>11.4g} {o.bound:>7} "
+                     f"{(o.dram_read_bytes + o.dram_write_bytes) / 1e6:>9.3f} {e['compute'] / 1e6:>10.3f} {e['sram'] / 1e6:>10.3f} "
+                     f"{e['dram'] / 1e6:>10.3f} {o.utilization:>5.2f}")
+    if len(shown) < len(ops):
+        lines.append(f"... {len(ops) - len(shown)} more ops (--top 0 prints all)")
+    s = cost.summary()
+    e = s["energy_pj"]
+    lines += ["-" * len(head),
+              f"{cost.model}: {s['ops']} ops, {s['cycles']:.4g} cycles = {s['latency_s'] * 1e3:.3f} ms at {cost.config.clock_mhz:g} MHz, "
+              f"utilization {s['utilization']:.3f}, DRAM {s['dram_bytes'] / 1e6:.2f} MB",
+              f"energy {e['total'] / 1e6:.2f} uJ = compute {e['compute'] / 1e6:.2f} + SRAM {e['sram'] / 1e6:.2f} + DRAM {e['dram'] / 1e6:.2f} "
+              f"(data movement {100 * e['data_movement'] / e['total']:.1f} %); attention {cost.attention}, fusion {'on' if cost.fuse else 'off'}"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m neurohw.accel", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -46,13 +104,41 @@ def main(argv: list[str] | None = None) -> dict:
     g.add_argument("--a-bits", type=int, help="bits of A in memory (default: mac bits)")
     g.add_argument("--b-bits", type=int, help="bits of B in memory (default: mac bits)")
     _config_args(g)
+    mo = sub.add_parser("model", help="map a whole model: per-op table and totals")
+    mo.add_argument("source", metavar="CHECKPOINT_OR_NAME",
+                    help="reference name (vit-b16, smollm2-135m), local HF folder, or workload IR JSON file")
+    mo.add_argument("--seq-len", type=int, default=128, help="text tokens (the prompt when decoding; default 128)")
+    mo.add_argument("--decode", type=int, default=0, metavar="N", help="causal LMs: trace greedy decoding of N tokens")
+    mo.add_argument("--image-size", type=int, help="image side for vision models (default: the config's)")
+    mo.add_argument("--import", dest="import_modules", action="append", default=[], metavar="MODULE",
+                    help="import MODULE first (registers custom model types with transformers, e.g. ann.models.mfm)")
+    mo.add_argument("--bits", type=int, default=8, help="integer weight / activation bits of the deployment (default 8)")
+    mo.add_argument("--attention", choices=["flash", "naive"], default="flash", help="attention mapping (default flash)")
+    mo.add_argument("--no-fuse", dest="fuse", action="store_false", help="layer-by-layer baseline: no fusion")
+    mo.add_argument("--top", type=int, default=50, help="print the N ops with the most cycles (0: all; default 50)")
+    mo.add_argument("--json", type=Path, help="write the summary and the full per-op table to this JSON file")
+    _config_args(mo)
     args = p.parse_args(argv)
     try:
         cfg = config_from_args(args)
-        out = {"config": cfg.to_dict(), **map_gemm(cfg, args.m, args.n, args.k, a_bits=args.a_bits, b_bits=args.b_bits).to_dict()}
-    except ValueError as e:
+        if args.command == "gemm":
+            out = {"config": cfg.to_dict(), **map_gemm(cfg, args.m, args.n, args.k, a_bits=args.a_bits, b_bits=args.b_bits).to_dict()}
+            print(json.dumps(out, indent=2))
+            return out
+        from neurohw.accel.model import map_workload
+
+        w = load_workload(args.source, seq_len=args.seq_len, decode=args.decode, image_size=args.image_size,
+                          import_modules=tuple(args.import_modules), bits=args.bits)
+        t0 = time.perf_counter()
+        cost = map_workload(cfg, w, attention=args.attention, fuse=args.fuse)
+        map_s = time.perf_counter() - t0
+    except (ValueError, FileNotFoundError) as e:
         p.exit(2, f"python -m neurohw.accel: error: {e}\n")
-    print(json.dumps(out, indent=2))
+    print(format_table(cost, args.top))
+    print(f"(mapped in {map_s:.3f} s)")
+    out = {**cost.to_dict(), "mapping_wall_s": map_s, "untraced": list(w.untraced)}
+    if args.json:
+        _atomic_write_json(args.json, out)
     return out
 
 

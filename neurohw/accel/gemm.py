@@ -29,11 +29,20 @@ SRAM traffic in elements (each operand read from its own buffer; edge folds coun
 
 plus the A and B buffer writes that fill them from DRAM (the DRAM reads below, in elements).
 
-DRAM traffic in bytes (row folds innermost for ws / is, so a column strip's partial sums stay on chip when the
-output buffer holds them). An operand of S bytes that fits in the usable part of its buffer (half of it when
-double-buffered) is fetched once (S); otherwise every SRAM re-read goes to DRAM (S x reads / elements).
-Outputs are written once at ``out_bits``; partial sums of a strip (T x C at ``acc_bits``) that do not fit
-spill: M N (F_r - 1) writes and reads at ``acc_bits``.
+DRAM traffic in bytes, with the buffers used as blocking tiles (U_A, U_B: usable bytes of the input and
+weight buffers, half of each when double-buffered; S_A = M K a, S_B = K N b the operand sizes):
+
+- if A or B fits its buffer, the fitting one stays resident and the other streams through once:
+  S_A + S_B;
+- else the cheaper of two loop orders: keep M_b = floor(U_A / (K a)) rows of A resident and stream B
+  ceil(M / M_b) times (S_A + ceil(M / M_b) S_B), or keep N_b = floor(U_B / (K b)) columns of B resident and
+  stream A ceil(N / N_b) times (ceil(N / N_b) S_A + S_B);
+- if not even one row of A or one column of B fits (M_b = N_b = 0), every SRAM re-read goes to DRAM
+  (S x reads / elements).
+
+Outputs are written once at ``out_bits`` (row folds innermost for ws / is, so a column strip's partial sums
+stay on chip when the output buffer holds them); partial sums of a strip (T x C at ``acc_bits``) that do not
+fit spill: M N (F_r - 1) writes and reads at ``acc_bits``.
 
     memory cycles = DRAM bytes / dram_bytes_per_cycle
     cycles = max(compute, memory) with double buffering, compute + memory without
@@ -49,6 +58,7 @@ Utilization = MACs / (R * C * cycles).
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -113,19 +123,38 @@ def sram_pj_per_64b(capacity_bytes: float) -> float:
     return math.exp(ys[i] + slope * (x - xs[i]))
 
 
+def _operand_dram_bytes(m: int, n: int, k: int, sizes: dict, usable: dict, reads: dict, elements: dict) -> dict:
+    """DRAM bytes read for A and B under the blocking rules of the module docstring."""
+    if sizes["a"] <= usable["a"] or sizes["b"] <= usable["b"]:
+        return {"a": sizes["a"], "b": sizes["b"]}
+    mb = math.floor(usable["a"] / (sizes["a"] / m))  # rows of A that fit (a row is K values)
+    nb = math.floor(usable["b"] / (sizes["b"] / n))  # columns of B that fit
+    options = []
+    if mb >= 1:
+        options.append({"a": sizes["a"], "b": math.ceil(m / mb) * sizes["b"]})
+    if nb >= 1:
+        options.append({"a": math.ceil(n / nb) * sizes["a"], "b": sizes["b"]})
+    if not options:
+        return {x: sizes[x] * reads[x] / elements[x] for x in ("a", "b")}
+    return min(options, key=lambda o: o["a"] + o["b"])
+
+
 def _check_dims(**dims: int) -> None:
     for name, v in dims.items():
         if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             raise ValueError(f"GEMM dimension {name}={v!r} is invalid: use a positive int")
 
 
+@functools.lru_cache(maxsize=65536)
 def map_gemm(cfg: AcceleratorConfig, m: int, n: int, k: int, *, a_bits: int | None = None, b_bits: int | None = None,
-             out_bits: int | None = None) -> GemmResult:
+             out_bits: int | None = None, write_output: bool = True) -> GemmResult:
     """Map ``C[m, n] = A[m, k] @ B[k, n]`` onto ``cfg`` (formulas in the module docstring).
 
     ``a_bits``/``b_bits``: operand widths in memory (default ``cfg.mac_bits``; wider than the multipliers is an
     error, narrower ones are stored packed and computed on the full-width multipliers); ``out_bits``: width of
-    the written outputs (default ``a_bits``, i.e. requantized to the activation format).
+    the written outputs (default ``a_bits``, i.e. requantized to the activation format). ``write_output=False``:
+    the outputs stay on chip for a fused consumer (no DRAM write of C; partial-sum spills still count).
+    Results are cached (configs are frozen), so mapping a model with repeated shapes is fast.
     """
     _check_dims(m=m, n=n, k=k)
     a_bits = cfg.mac_bits if a_bits is None else a_bits
@@ -152,12 +181,12 @@ def map_gemm(cfg: AcceleratorConfig, m: int, n: int, k: int, *, a_bits: int | No
               "c": cfg.ofmap_sram_kb * 1024 / copies}
     sizes = {"a": m * k * a_bits / 8, "b": k * n * b_bits / 8}
     elements = {"a": m * k, "b": k * n}
-    dram_r = {x: sizes[x] if sizes[x] <= usable[x] else sizes[x] * reads[x] / elements[x] for x in ("a", "b")}
+    dram_r = _operand_dram_bytes(m, n, k, sizes, usable, reads, elements)
     partial_strip = t * min(cfg.cols, sc) * cfg.acc_bits / 8  # ws / is: one column strip's partial sums
     spill = df is not Dataflow.OS and fr > 1 and partial_strip > usable["c"]
     partial_bytes = m * n * (fr - 1) * cfg.acc_bits / 8 if spill else 0.0
     dram_r["c"] = partial_bytes
-    dram_w = {"c": m * n * out_bits / 8 + partial_bytes}
+    dram_w = {"c": (m * n * out_bits / 8 if write_output else 0.0) + partial_bytes}
     writes["a"], writes["b"] = dram_r["a"] * 8 / a_bits, dram_r["b"] * 8 / b_bits  # buffer fills from DRAM
     dram_bytes = sum(dram_r.values()) + sum(dram_w.values())
     mem_cycles = dram_bytes / cfg.dram_bytes_per_cycle

@@ -88,11 +88,18 @@ def test_dram_traffic_fetches_once_when_it_fits_and_refetches_when_not():
     big = AcceleratorConfig(rows=8, cols=8, dataflow="os")
     r = map_gemm(big, 64, 64, 64)
     assert r.dram_reads == {"a": 64 * 64, "b": 64 * 64, "c": 0.0} and r.dram_writes == {"c": 64 * 64}
-    # 1 KiB weight buffer (512 B usable, double-buffered) cannot hold the 4 KiB B: every column fold refetches it.
-    small = AcceleratorConfig(rows=8, cols=8, dataflow="os", weight_sram_kb=1.0)
+    # B (4 KiB) does not fit a 1 KiB weight buffer (512 B usable), but A fits its buffer: A stays, B streams once
+    one_fits = map_gemm(AcceleratorConfig(rows=8, cols=8, dataflow="os", weight_sram_kb=1.0), 64, 64, 64)
+    assert one_fits.dram_reads == r.dram_reads
+    # neither fits: blocks of 512 B / 64 B per row = 8 rows of A (or 8 columns of B); the other operand streams
+    # ceil(64 / 8) times; with unequal buffers the cheaper loop order wins
+    small = AcceleratorConfig(rows=8, cols=8, dataflow="os", weight_sram_kb=1.0, ifmap_sram_kb=2.0)
     s = map_gemm(small, 64, 64, 64)
-    assert s.dram_reads["b"] == 64 * 64 * math.ceil(64 / 8) and s.dram_reads["a"] == 64 * 64
+    assert s.dram_reads["a"] == 64 * 64 and s.dram_reads["b"] == 64 * 64 * math.ceil(64 / 16)
     assert s.energy_breakdown_pj["dram"] > r.energy_breakdown_pj["dram"]
+    # not even one K-long row fits: every SRAM re-read of the operand goes to DRAM
+    tiny = map_gemm(AcceleratorConfig(rows=8, cols=8, dataflow="os", weight_sram_kb=1.0, ifmap_sram_kb=1.0), 64, 64, 4096)
+    assert tiny.dram_reads["a"] == 64 * 4096 * math.ceil(64 / 8) and tiny.dram_reads["b"] == 4096 * 64 * math.ceil(64 / 8)
     # ws partial sums spill when a strip (M x C at 32 bits) does not fit the output buffer
     ws = map_gemm(AcceleratorConfig(rows=8, cols=8, dataflow="ws", ofmap_sram_kb=1.0), 256, 8, 64)
     assert ws.dram_reads["c"] == 256 * 8 * 7 * 4 and ws.dram_writes["c"] == 256 * 8 + 256 * 8 * 7 * 4
