@@ -62,3 +62,48 @@ DRAM_PJ_PER_64B = EnergyConstant(1300.0, "64-bit DRAM access (low end of 1.3-2.6
 # interface and is NOT scaled.
 TECH_REF_NODE_NM = 45.0
 TECH_REF_VDD = 0.9
+
+
+# --- Silicon area at 45 nm (the area model of design-space exploration, :mod:`neurohw.accel.space`) ----------
+# Arithmetic units: Horowitz ISSCC 2014, the area column of the same 45 nm table ("Rough energy / area costs"):
+#     8b add 36 um^2, 32b add 137 um^2, 8b mult 282 um^2, 32b mult 3495 um^2.
+# 16-bit units are interpolated (not read from the table): an adder grows ~linearly with width,
+#     A_add(16) = 36 + (137 - 36) * (16 - 8) / (32 - 8) = 69.7 um^2;
+# a multiplier ~quadratically, so (as for its energy above) the geometric mean of the 8b and 32b multipliers,
+#     A_mult(16) = sqrt(282 * 3495) = 993 um^2.
+# Registers: one D flip-flop per bit, DFF_X1 of the NanGate FreePDK45 Open Cell Library (area 4.522 um^2).
+# SRAM: area per bit including periphery = die area / capacity of Intel's 45 nm 153 Mbit SRAM test chip
+#     (119 mm^2, 6T cell 0.346 um^2; Intel press release 25 Jan 2006 and U. Bhattacharya et al., "45nm SRAM
+#     Technology Development and Technology Lead Vehicle", Intel Technology Journal 12(2), 2008):
+#     119e6 um^2 / 153e6 bit (Mbit read as 10^6 bits) = 0.778 um^2/bit (2.25 x the bare cell), i.e.
+#     6.37e-3 mm^2 per KiB, 6.5 mm^2 per MiB.
+#     The chip also holds I/O and test circuits, so this over-estimates a compiled macro somewhat (conservative:
+#     it never makes a large buffer look cheap). Not modelled: banking, ports, ECC.
+# Area scales with the square of the feature size: A(node) = A_45 * (node / 45)^2 (ideal shrink; real SRAM and
+# analog periphery shrink less below ~20 nm).
+@dataclass(frozen=True)
+class AreaConstant:
+    value_um2: float
+    per: str
+    source: str = HOROWITZ_45NM_SOURCE + " (area column)"
+
+
+# (numeric, bits, operation) -> area of one unit
+ARITH_AREA_UM2: dict[tuple[str, int, str], AreaConstant] = {
+    ("int", 8, "add"): AreaConstant(36.0, "8-bit integer adder"),
+    ("int", 16, "add"): AreaConstant(36.0 + (137.0 - 36.0) * 8 / 24, "16-bit integer adder",
+                                     "linear interpolation between Horowitz's 8b and 32b adders (approximation)"),
+    ("int", 32, "add"): AreaConstant(137.0, "32-bit integer adder"),
+    ("int", 8, "mult"): AreaConstant(282.0, "8-bit integer multiplier"),
+    ("int", 16, "mult"): AreaConstant((282.0 * 3495.0) ** 0.5, "16-bit integer multiplier",
+                                      "geometric mean of Horowitz's 8b and 32b multipliers (approximation)"),
+    ("int", 32, "mult"): AreaConstant(3495.0, "32-bit integer multiplier"),
+}
+REGISTER_BIT_AREA_UM2 = AreaConstant(4.522, "one register bit (D flip-flop DFF_X1)",
+                                     "NanGate FreePDK45 Open Cell Library, DFF_X1 cell area")
+SRAM_BIT_AREA_UM2 = AreaConstant(119e6 / 153e6, "one SRAM bit incl. periphery (die area / bits)",
+                                 "Intel 45 nm 153 Mbit SRAM test chip, 119 mm^2 (Intel 2006; Bhattacharya et al., "
+                                 "Intel Technology Journal 12(2), 2008)")
+TECH_REF_AREA_NODE_NM = 45.0
+
+__all__ += ["AreaConstant", "ARITH_AREA_UM2", "REGISTER_BIT_AREA_UM2", "SRAM_BIT_AREA_UM2", "TECH_REF_AREA_NODE_NM"]

@@ -4,6 +4,9 @@
 JSON object: cycles (compute, memory, total), SRAM reads/writes and DRAM reads/writes per operand, energy
 (total and MAC / SRAM / DRAM) and utilization of one GEMM on the configured systolic array.
 
+``python -m neurohw.accel dse CHECKPOINT_OR_NAME --area-mm2 A --power-w P --evals N [--llm-dir DIR | --llm-url URL]``
+searches the design space for that workload (:mod:`neurohw.accel.dse`).
+
 ``python -m neurohw.accel model CHECKPOINT_OR_NAME`` traces a model (a reference name such as ``vit-b16`` or
 ``smollm2-135m``, a local HF folder, or a workload IR JSON file), maps it (:mod:`neurohw.accel.model`) and
 prints the per-op table and the totals; ``--json PATH`` writes everything as JSON.
@@ -72,6 +75,24 @@ def load_workload(source: str, *, seq_len: int, decode: int, image_size: int | N
     return w.with_precision(numeric=Numeric.INT, weight_bits=bits, act_bits=bits)
 
 
+def _workload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="CHECKPOINT_OR_NAME",
+                   help="reference name (vit-b16, smollm2-135m), local HF folder, or workload IR JSON file")
+    p.add_argument("--seq-len", type=int, default=128, help="text tokens (the prompt when decoding; default 128)")
+    p.add_argument("--decode", type=int, default=0, metavar="N", help="causal LMs: trace greedy decoding of N tokens")
+    p.add_argument("--image-size", type=int, help="image side for vision models (default: the config's)")
+    p.add_argument("--import", dest="import_modules", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (registers custom model types with transformers, e.g. ann.models.mfm)")
+    p.add_argument("--bits", type=int, default=8, help="integer weight / activation bits of the deployment (default 8)")
+    p.add_argument("--attention", choices=["flash", "naive"], default="flash", help="attention mapping (default flash)")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false", help="layer-by-layer baseline: no fusion")
+
+
+def _load(args: argparse.Namespace):
+    return load_workload(args.source, seq_len=args.seq_len, decode=args.decode, image_size=args.image_size,
+                         import_modules=tuple(args.import_modules), bits=args.bits)
+
+
 def format_table(cost, top: int) -> str:
     """The per-op table (the ``top`` ops by cycles, in call order; 0: all) and the totals."""
     ops = list(cost.ops)
@@ -105,21 +126,20 @@ def main(argv: list[str] | None = None) -> dict:
     g.add_argument("--b-bits", type=int, help="bits of B in memory (default: mac bits)")
     _config_args(g)
     mo = sub.add_parser("model", help="map a whole model: per-op table and totals")
-    mo.add_argument("source", metavar="CHECKPOINT_OR_NAME",
-                    help="reference name (vit-b16, smollm2-135m), local HF folder, or workload IR JSON file")
-    mo.add_argument("--seq-len", type=int, default=128, help="text tokens (the prompt when decoding; default 128)")
-    mo.add_argument("--decode", type=int, default=0, metavar="N", help="causal LMs: trace greedy decoding of N tokens")
-    mo.add_argument("--image-size", type=int, help="image side for vision models (default: the config's)")
-    mo.add_argument("--import", dest="import_modules", action="append", default=[], metavar="MODULE",
-                    help="import MODULE first (registers custom model types with transformers, e.g. ann.models.mfm)")
-    mo.add_argument("--bits", type=int, default=8, help="integer weight / activation bits of the deployment (default 8)")
-    mo.add_argument("--attention", choices=["flash", "naive"], default="flash", help="attention mapping (default flash)")
-    mo.add_argument("--no-fuse", dest="fuse", action="store_false", help="layer-by-layer baseline: no fusion")
+    _workload_args(mo)
     mo.add_argument("--top", type=int, default=50, help="print the N ops with the most cycles (0: all; default 50)")
     mo.add_argument("--json", type=Path, help="write the summary and the full per-op table to this JSON file")
     _config_args(mo)
+    from neurohw.accel.dse import add_dse_subcommand, run_dse_command
+
+    _workload_args(add_dse_subcommand(sub))
     args = p.parse_args(argv)
     try:
+        if args.command == "dse":
+            from neurohw.accel.model import workload_cost_fn
+
+            w = _load(args)
+            return run_dse_command(args, cost_fn=workload_cost_fn(w, attention=args.attention, fuse=args.fuse))
         cfg = config_from_args(args)
         if args.command == "gemm":
             out = {"config": cfg.to_dict(), **map_gemm(cfg, args.m, args.n, args.k, a_bits=args.a_bits, b_bits=args.b_bits).to_dict()}
@@ -127,12 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
             return out
         from neurohw.accel.model import map_workload
 
-        w = load_workload(args.source, seq_len=args.seq_len, decode=args.decode, image_size=args.image_size,
-                          import_modules=tuple(args.import_modules), bits=args.bits)
+        w = _load(args)
         t0 = time.perf_counter()
         cost = map_workload(cfg, w, attention=args.attention, fuse=args.fuse)
         map_s = time.perf_counter() - t0
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         p.exit(2, f"python -m neurohw.accel: error: {e}\n")
     print(format_table(cost, args.top))
     print(f"(mapped in {map_s:.3f} s)")

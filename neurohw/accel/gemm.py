@@ -147,13 +147,15 @@ def _check_dims(**dims: int) -> None:
 
 @functools.lru_cache(maxsize=65536)
 def map_gemm(cfg: AcceleratorConfig, m: int, n: int, k: int, *, a_bits: int | None = None, b_bits: int | None = None,
-             out_bits: int | None = None, write_output: bool = True) -> GemmResult:
+             out_bits: int | None = None, write_output: bool = True, b_resident: bool = False) -> GemmResult:
     """Map ``C[m, n] = A[m, k] @ B[k, n]`` onto ``cfg`` (formulas in the module docstring).
 
     ``a_bits``/``b_bits``: operand widths in memory (default ``cfg.mac_bits``; wider than the multipliers is an
     error, narrower ones are stored packed and computed on the full-width multipliers); ``out_bits``: width of
     the written outputs (default ``a_bits``, i.e. requantized to the activation format). ``write_output=False``:
     the outputs stay on chip for a fused consumer (no DRAM write of C; partial-sum spills still count).
+    ``b_resident=True``: B (the weights) already sits in the weight buffer, loaded once for many inferences
+    (see :func:`neurohw.accel.model.map_workload`): no DRAM reads or buffer fills of B, and A streams once.
     Results are cached (configs are frozen), so mapping a model with repeated shapes is fast.
     """
     _check_dims(m=m, n=n, k=k)
@@ -181,7 +183,10 @@ def map_gemm(cfg: AcceleratorConfig, m: int, n: int, k: int, *, a_bits: int | No
               "c": cfg.ofmap_sram_kb * 1024 / copies}
     sizes = {"a": m * k * a_bits / 8, "b": k * n * b_bits / 8}
     elements = {"a": m * k, "b": k * n}
-    dram_r = _operand_dram_bytes(m, n, k, sizes, usable, reads, elements)
+    if b_resident:
+        dram_r = {"a": sizes["a"], "b": 0.0}
+    else:
+        dram_r = _operand_dram_bytes(m, n, k, sizes, usable, reads, elements)
     partial_strip = t * min(cfg.cols, sc) * cfg.acc_bits / 8  # ws / is: one column strip's partial sums
     spill = df is not Dataflow.OS and fr > 1 and partial_strip > usable["c"]
     partial_bytes = m * n * (fr - 1) * cfg.acc_bits / 8 if spill else 0.0

@@ -31,6 +31,11 @@ output path, not from DRAM (``fused_in_elements``), and an op whose only reader 
 not write its output to DRAM (``output_on_chip``). ``fuse=False`` is the layer-by-layer baseline in which
 every op reads its inputs from and writes its output to DRAM.
 
+Resident weights: when all weights of the workload fit the weight buffer (its full capacity), they are loaded
+once and stay on chip across inferences, so no op fetches weights from DRAM (per-inference figures then
+exclude the one-time load, amortized over a stream of inferences); otherwise every op fetches its weights at
+every call.
+
 Energy is split into ``compute`` (MACs, accumulates, unit arithmetic), ``sram`` and ``dram``; data movement is
 ``sram + dram``. Every op must be integer and fit the array's multipliers: a float workload is refused with
 the fix (``Workload.with_precision``).
@@ -48,7 +53,7 @@ from neurohw.accel.units import unit_cycles, unit_energy_pj, unit_for
 from neurohw.constants import ARITH_PJ, DRAM_PJ_PER_64B
 from neurohw.workload import Numeric, Op, OpKind, Workload
 
-__all__ = ["OpCost", "WorkloadCost", "map_workload", "map_op"]
+__all__ = ["OpCost", "WorkloadCost", "map_workload", "map_op", "energy_table", "weight_bytes", "workload_cost_fn"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class WorkloadCost:
     attention: str
     fuse: bool
     ops: tuple[OpCost, ...]
+    weights_resident: bool = False
 
     @property
     def cycles(self) -> float:
@@ -123,13 +129,31 @@ class WorkloadCost:
     def summary(self) -> dict:
         e = self.energy_pj
         return {"model": self.model, "config": self.config.to_dict(), "attention": self.attention, "fuse": self.fuse,
-                "ops": len(self.ops), "cycles": self.cycles, "latency_s": self.latency_s,
+                "weights_resident": self.weights_resident, "ops": len(self.ops), "cycles": self.cycles, "latency_s": self.latency_s,
                 "energy_pj": {**e, "total": sum(e.values()), "data_movement": e["sram"] + e["dram"]},
                 "dram_bytes": self.dram_bytes, "macs": sum(o.macs for o in self.ops),
                 "sops": sum(o.sops for o in self.ops), "utilization": self.utilization}
 
     def to_dict(self) -> dict:
         return {**self.summary(), "per_op": [o.to_dict() for o in self.ops]}
+
+
+def energy_table(cfg: AcceleratorConfig) -> list[dict]:
+    """Every per-op and per-access energy the model uses, at 45 nm and scaled to ``cfg``'s node, with sources."""
+    from neurohw.constants import SRAM_LEVELS
+
+    s = tech_scale(cfg)
+    rows = [{"what": f"int{bits} {what}", "pj_45nm": c.value_pj, "pj_at_config": c.value_pj * s, "per": c.per,
+             "source": c.source} for (num, bits, what), c in ARITH_PJ.items() if num == "int"]
+    rows += [{"what": f"SRAM {cap // 1024} KiB, 64-bit access", "pj_45nm": c.value_pj, "pj_at_config": c.value_pj * s,
+              "per": c.per, "source": c.source} for cap, c in SRAM_LEVELS]
+    rows += [{"what": f"SRAM {name} buffer ({kb:g} KiB), 64-bit access (log-log interpolated)",
+              "pj_45nm": sram_pj_per_64b(kb * 1024), "pj_at_config": sram_pj_per_64b(kb * 1024) * s, "per": "64-bit access",
+              "source": "interpolated between the SRAM rows above"}
+             for name, kb in (("input", cfg.ifmap_sram_kb), ("weight", cfg.weight_sram_kb), ("output", cfg.ofmap_sram_kb))]
+    rows.append({"what": "DRAM, 64-bit access", "pj_45nm": DRAM_PJ_PER_64B.value_pj, "pj_at_config": DRAM_PJ_PER_64B.value_pj,
+                 "per": DRAM_PJ_PER_64B.per, "source": DRAM_PJ_PER_64B.source + " (not node-scaled)"})
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -163,9 +187,9 @@ def _check_op(cfg: AcceleratorConfig, op: Op) -> None:
 
 
 # --------------------------------------------------------------------------------------------- mappers
-def _gemm(cfg: AcceleratorConfig, op: Op, fuse: bool) -> OpCost:
+def _gemm(cfg: AcceleratorConfig, op: Op, fuse: bool, resident: bool) -> OpCost:
     g = map_gemm(cfg, op.m, op.n, op.k, a_bits=op.act_bits, b_bits=op.weight_bits,
-                 write_output=not (fuse and op.output_on_chip))
+                 write_output=not (fuse and op.output_on_chip), b_resident=resident and op.params > 0)
     r = op.repeats
     mult = {"a": op.act_bits, "b": op.weight_bits, "c": cfg.acc_bits}
     sram_r = sum(v * mult[x] / 8 for x, v in g.sram_reads.items())
@@ -176,13 +200,13 @@ def _gemm(cfg: AcceleratorConfig, op: Op, fuse: bool) -> OpCost:
                   {"compute": e["mac"] * r, "sram": e["sram"] * r, "dram": e["dram"] * r}, g.utilization)
 
 
-def _synaptic(cfg: AcceleratorConfig, op: Op, fuse: bool) -> OpCost:
+def _synaptic(cfg: AcceleratorConfig, op: Op, fuse: bool, resident: bool) -> OpCost:
     T, m, k, n = op.timesteps, op.m, op.k, op.n
     _, _, _, fr, fc = fold_dims(m, n, k, cfg.rows, cfg.cols, "os")
     events = op.sops + op.bias_adds
     compute = T * fr * fc * (2 * cfg.rows + cfg.cols - 2) + math.ceil(events / cfg.pes)
     w_bytes = k * n * op.weight_bits / 8
-    w_dram = w_bytes if w_bytes <= _usable(cfg, cfg.weight_sram_kb) else T * w_bytes
+    w_dram = 0.0 if resident else w_bytes if w_bytes <= _usable(cfg, cfg.weight_sram_kb) else T * w_bytes
     spikes_in = m * k * T / 8
     currents = m * n * T * cfg.acc_bits / 8
     dram_r = w_dram + spikes_in
@@ -199,7 +223,7 @@ def _synaptic(cfg: AcceleratorConfig, op: Op, fuse: bool) -> OpCost:
                   sram_r, sram_w, dram_r, dram_w, energy, op.sops / (cfg.pes * cycles) if cycles else 0.0)
 
 
-def _neuron(cfg: AcceleratorConfig, op: Op, fuse: bool) -> OpCost:
+def _neuron(cfg: AcceleratorConfig, op: Op, fuse: bool, resident: bool) -> OpCost:
     updates = op.elements
     compute = math.ceil(updates / cfg.cols)
     state_layer = op.neurons * op.state_bits / 8
@@ -218,7 +242,7 @@ def _neuron(cfg: AcceleratorConfig, op: Op, fuse: bool) -> OpCost:
                   sram_r, sram_w, dram_r, dram_w, energy, 0.0)
 
 
-def _vector(cfg: AcceleratorConfig, op: Op, fuse: bool) -> OpCost:
+def _vector(cfg: AcceleratorConfig, op: Op, fuse: bool, resident: bool) -> OpCost:
     spec = unit_for(op.function, op_name=op.name)
     compute = unit_cycles(spec, op.elements, cfg.cols)
     a = op.act_bits / 8
@@ -259,18 +283,19 @@ def _attention(cfg: AcceleratorConfig, op: Op, fuse: bool, mode: AttentionMode) 
                   energy, op.macs / (cfg.pes * cycles) if cycles else 0.0)
 
 
-def _embedding(cfg: AcceleratorConfig, op: Op, fuse: bool) -> OpCost:
-    dram_r = op.elements * op.weight_bits / 8
+def _embedding(cfg: AcceleratorConfig, op: Op, fuse: bool, resident: bool) -> OpCost:
+    rows = op.elements * op.weight_bits / 8  # the gathered table rows
+    dram_r = 0.0 if resident else rows
     dram_w = 0.0 if (fuse and op.output_on_chip) else op.elements * op.act_bits / 8
     cycles, memory = _cycles(cfg, 0.0, dram_r + dram_w)
     s = tech_scale(cfg)
-    energy = {"compute": 0.0, "sram": s * 8 / 64 * dram_r * sram_pj_per_64b(cfg.ifmap_sram_kb * 1024),
+    energy = {"compute": 0.0, "sram": s * 8 / 64 * rows * sram_pj_per_64b(cfg.weight_sram_kb * 1024),
               "dram": _dram_pj(dram_r + dram_w)}
-    return OpCost(op.name, op.kind.value, op.function, "dma", 1.0, cycles, 0.0, memory, 0.0, 0.0, 0.0, dram_r, dram_r,
+    return OpCost(op.name, op.kind.value, op.function, "dma", 1.0, cycles, 0.0, memory, 0.0, 0.0, rows, dram_r, dram_r,
                   dram_w, energy, 0.0)
 
 
-def _kv(cfg: AcceleratorConfig, op: Op, fuse: bool) -> OpCost:
+def _kv(cfg: AcceleratorConfig, op: Op, fuse: bool, resident: bool) -> OpCost:
     return OpCost(op.name, op.kind.value, op.function, "(charged to attention / projections)", 1.0, 0.0, 0.0, 0.0, 0.0,
                   0.0, 0.0, 0.0, 0.0, 0.0, {"compute": 0.0, "sram": 0.0, "dram": 0.0}, 0.0,
                   kv_cache_bytes=op.elements * op.act_bits / 8)
@@ -289,7 +314,8 @@ _MAPPERS = {
 }
 
 
-def map_op(cfg: AcceleratorConfig, op: Op, *, attention: AttentionMode | str = AttentionMode.FLASH, fuse: bool = True) -> OpCost:
+def map_op(cfg: AcceleratorConfig, op: Op, *, attention: AttentionMode | str = AttentionMode.FLASH, fuse: bool = True,
+           weights_resident: bool = False) -> OpCost:
     """The cost of one op (module docstring); an op kind without a mapper is an error, never skipped."""
     _check_op(cfg, op)
     if op.kind is OpKind.ATTENTION:
@@ -298,12 +324,30 @@ def map_op(cfg: AcceleratorConfig, op: Op, *, attention: AttentionMode | str = A
         mapper = _MAPPERS[op.kind]
     except KeyError:
         raise ValueError(f"op {op.name!r}: no accelerator mapping for op kind {op.kind!r}") from None
-    return mapper(cfg, op, fuse)
+    return mapper(cfg, op, fuse, weights_resident)
+
+
+def weight_bytes(workload: Workload) -> float:
+    """Bytes of all weights of the workload at their bit widths (each module's parameters once)."""
+    per_name: dict[str, float] = {}
+    for op in workload.ops:
+        per_name[op.name] = max(per_name.get(op.name, 0.0), op.params * op.weight_bits / 8)
+    return sum(per_name.values())
 
 
 def map_workload(cfg: AcceleratorConfig, workload: Workload, *, attention: AttentionMode | str = AttentionMode.FLASH,
                  fuse: bool = True) -> WorkloadCost:
     """Map every op of ``workload`` onto ``cfg`` (formulas in the module docstring)."""
     mode = AttentionMode(attention)
-    return WorkloadCost(model=workload.model, config=cfg, attention=mode.value, fuse=fuse,
-                        ops=tuple(map_op(cfg, op, attention=mode, fuse=fuse) for op in workload.ops))
+    resident = weight_bytes(workload) <= cfg.weight_sram_kb * 1024
+    return WorkloadCost(model=workload.model, config=cfg, attention=mode.value, fuse=fuse, weights_resident=resident,
+                        ops=tuple(map_op(cfg, op, attention=mode, fuse=fuse, weights_resident=resident) for op in workload.ops))
+
+
+def workload_cost_fn(workload: Workload, *, attention: AttentionMode | str = AttentionMode.FLASH, fuse: bool = True):
+    """``cfg -> (latency_s, energy_j)`` of one inference of ``workload`` (the cost function of
+    :mod:`neurohw.accel.dse`)."""
+    def cost(cfg: AcceleratorConfig) -> tuple[float, float]:
+        c = map_workload(cfg, workload, attention=attention, fuse=fuse)
+        return c.latency_s, c.energy_total_pj * 1e-12
+    return cost

@@ -41,6 +41,15 @@ def test_fusion_skips_exactly_the_intermediate_round_trip():
     assert fused.energy_pj["compute"] == unfused.energy_pj["compute"]
 
 
+def test_weights_stay_on_chip_when_the_whole_model_fits_the_weight_buffer():
+    torch.manual_seed(0)
+    w = _int8(trace(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), torch.randn(2, 64)))
+    fits, streams = map_workload(CFG, w), map_workload(replace(CFG, weight_sram_kb=4.0), w)  # 4.7 KB of weights
+    assert fits.weights_resident and not streams.weights_resident
+    assert fits.ops[0].dram_read_bytes == 64  # only the input row
+    assert streams.ops[0].dram_read_bytes == 64 + 64 * 64 and streams.ops[2].dram_read_bytes == 64 + 64 * 10
+
+
 def test_vector_units_follow_their_op_counts():
     op = Op("sm", OpKind.SOFTMAX, "softmax", "softmax", elements=1000, in_elements=1000, numeric=Numeric.INT,
             weight_bits=8, act_bits=8)
@@ -91,6 +100,8 @@ def _synaptic(sops: float) -> Op:
 def test_event_driven_mode_skips_zeros_and_only_accumulates():
     dense = 4 * 256 * 128
     full, sparse = map_op(CFG, _synaptic(dense)), map_op(CFG, _synaptic(dense * 0.1))
+    assert full.dram_read_bytes == 256 * 128 + 4 * 256 / 8  # weights (fit the buffer: once) + the spike maps
+    assert map_op(CFG, _synaptic(dense), weights_resident=True).dram_read_bytes == 4 * 256 / 8
     fill = 4 * math.ceil(1 / 16) * math.ceil(128 / 16) * (2 * 16 + 16 - 2)
     assert full.compute_cycles == fill + math.ceil(dense / 256)
     assert sparse.compute_cycles == fill + math.ceil(dense * 0.1 / 256)
