@@ -111,7 +111,7 @@ def run_dse(workload, profile: str, seed: int, log, llm: bool) -> dict:
         strategies += ("llm",)
     log(f"DSE on {workload.model}: {', '.join(strategies)} at {n_evals} evaluations each")
     report = compare_strategies(space, cost, budget, n_evals=n_evals, seed=seed, client=client, max_retries=retries,
-                                strategies=strategies)
+                                strategies=strategies, progress=True)
     spread = {}
     for s in ("random", "optuna"):
         bests = []
@@ -225,8 +225,8 @@ def plot_energy(rows: list[list], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r[0]}\n{r[1]}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.9), 4.5))
+    labels = [f"{r[0]} / {r[1]}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.7), 6))
     bottom = [0.0] * len(rows)
     for i, part in ((6, "compute"), (7, "SRAM"), (8, "DRAM")):
         share = [100 * r[i] / r[5] for r in rows]
@@ -237,8 +237,8 @@ def plot_energy(rows: list[list], path: Path) -> None:
     ax.set_ylim(0, 110)
     ax.set_ylabel("share of energy per inference (%)")
     ax.set_title("energy breakdown: compute vs data movement")
-    ax.tick_params(axis="x", labelsize=7)
-    ax.legend(loc="lower right")
+    ax.tick_params(axis="x", labelsize=7, labelrotation=60)
+    ax.legend(loc="lower right", framealpha=0.9)
     fig.tight_layout()
     _save(fig, path)
 

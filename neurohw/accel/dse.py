@@ -239,25 +239,26 @@ def gemm_cost_fn(shapes: Sequence[tuple[int, int, int]]) -> CostFn:
     return cost
 
 
-# Strategy runners with one signature: (space, cost_fn, budget, *, n_evals, seed, client, max_retries).
-def _presets(space, cost_fn, budget, *, n_evals, seed, client, max_retries) -> SearchResult:
+# Strategy runners with one signature: (space, cost_fn, budget, *, n_evals, seed, client, max_retries, progress)
+# (only the LLM loop is slow enough to use the client, the retries and a progress bar).
+def _presets(space, cost_fn, budget, *, n_evals, seed, client, max_retries, progress=False) -> SearchResult:
     return run_presets(cost_fn, budget, n_evals=n_evals)
 
 
-def _random(space, cost_fn, budget, *, n_evals, seed, client, max_retries) -> SearchResult:
+def _random(space, cost_fn, budget, *, n_evals, seed, client, max_retries, progress=False) -> SearchResult:
     return run_random(space, cost_fn, budget, n_evals=n_evals, seed=seed)
 
 
-def _optuna(space, cost_fn, budget, *, n_evals, seed, client, max_retries) -> SearchResult:
+def _optuna(space, cost_fn, budget, *, n_evals, seed, client, max_retries, progress=False) -> SearchResult:
     return run_optuna(space, cost_fn, budget, n_evals=n_evals, seed=seed)
 
 
-def _llm(space, cost_fn, budget, *, n_evals, seed, client, max_retries) -> SearchResult:
+def _llm(space, cost_fn, budget, *, n_evals, seed, client, max_retries, progress=False) -> SearchResult:
     from neurohw.accel.llm import run_llm
 
     if client is None:
         raise ValueError("strategy 'llm' needs a client: pass client=OpenAIClient(...) or HFLocalClient(...)")
-    return run_llm(space, cost_fn, budget, client, n_evals=n_evals, max_retries=max_retries, seed=seed)
+    return run_llm(space, cost_fn, budget, client, n_evals=n_evals, max_retries=max_retries, seed=seed, progress=progress)
 
 
 STRATEGIES: Mapping[str, Callable[..., SearchResult]] = MappingProxyType(
@@ -266,14 +267,14 @@ STRATEGIES: Mapping[str, Callable[..., SearchResult]] = MappingProxyType(
 
 def compare_strategies(space: DesignSpace, cost_fn: CostFn, budget: Budget, *, n_evals: int, seed: int = 0,
                        client: Any = None, max_retries: int = 3,
-                       strategies: Sequence[str] = ("presets", "random", "optuna", "llm")) -> dict:
+                       strategies: Sequence[str] = ("presets", "random", "optuna", "llm"), progress: bool = False) -> dict:
     """Run ``strategies`` at the same ``n_evals`` and return a JSON-serializable report: one ``rows`` entry per
     strategy, the full ``results``, and ``llm_vs_search`` (LLM best EDP / optuna and random best EDP, computed)."""
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}: use some of {list(STRATEGIES)}")
     results = {s: STRATEGIES[s](space, cost_fn, budget, n_evals=n_evals, seed=seed, client=client,
-                                max_retries=max_retries) for s in strategies}
+                                max_retries=max_retries, progress=progress) for s in strategies}
     rows = []
     for s, r in results.items():
         b = r.best
@@ -347,7 +348,7 @@ def run_dse_command(args: argparse.Namespace, *, cost_fn: CostFn) -> dict:
     default = ("presets", "random", "optuna") + (("llm",) if client is not None else ())
     strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies else default
     report = compare_strategies(DesignSpace(), cost_fn, budget, n_evals=args.evals, seed=args.seed, client=client,
-                                max_retries=args.max_retries, strategies=strategies)
+                                max_retries=args.max_retries, strategies=strategies, progress=True)
     print(format_table(report))
     if args.out:
         _atomic_write_json(Path(args.out) / "dse.json", report)

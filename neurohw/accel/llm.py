@@ -38,6 +38,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tqdm.auto import tqdm
+
 from neurohw.accel.dse import Budget, CostFn, DesignSpace, SearchResult, Trial, Ledger
 
 __all__ = ["LLMClient", "LLMError", "OpenAIClient", "HFLocalClient", "extract_json_object", "build_messages",
@@ -277,14 +279,16 @@ def _fallback(space: DesignSpace, ledger: Ledger, rng: random.Random) -> dict | 
 
 
 def run_llm(space: DesignSpace, cost_fn: CostFn, budget: Budget, client: LLMClient, *, n_evals: int,
-            max_retries: int = 3, seed: int = 0, history_rows: int = 6, reply_chars: int = 400) -> SearchResult:
+            max_retries: int = 3, seed: int = 0, history_rows: int = 6, reply_chars: int = 400,
+            progress: bool = False) -> SearchResult:
     """The LLM-aided proposer (the loop of the module docstring); ``evals == n_evals`` unless the space runs out.
 
     ``details`` holds: ``client``, ``llm_calls``, ``replies_parse_error`` (no JSON object), ``replies_invalid``
     (JSON but outside the space or rejected by the config), ``replies_duplicate``, ``accepted_from_llm``,
     ``repaired`` (accepted with missing fields filled), ``fallbacks``, ``valid_reply_rate`` (valid replies incl.
     duplicates / calls), ``llm_design_share`` (accepted / evals) and ``rounds`` (the per-round log).
-    Errors of the client itself (:class:`LLMError`) are raised, not hidden.
+    Errors of the client itself (:class:`LLMError`) are raised, not hidden. ``progress``: a tqdm bar over rounds
+    (a local model takes seconds per reply).
     """
     if not (isinstance(max_retries, int) and max_retries >= 0):
         raise ValueError(f"max_retries={max_retries!r} is invalid: use an int >= 0")
@@ -294,6 +298,7 @@ def run_llm(space: DesignSpace, cost_fn: CostFn, budget: Budget, client: LLMClie
     n = {"llm_calls": 0, "replies_parse_error": 0, "replies_invalid": 0, "replies_duplicate": 0,
          "accepted_from_llm": 0, "repaired": 0, "fallbacks": 0}
     rounds = []
+    bar = tqdm(total=min(n_evals, space.size), desc="LLM-aided DSE", unit="design", disable=not progress)
     for r in range(min(n_evals, space.size)):
         best = ledger.best()
         base = space.values_of(best.config) if best else space.default()
@@ -333,6 +338,9 @@ def run_llm(space: DesignSpace, cost_fn: CostFn, budget: Budget, client: LLMClie
         _, trial, _ = ledger.submit(chosen, source)
         rounds.append({"round": r, "source": source, "design": chosen, "objective": trial.objective,
                        "feasible": trial.feasible, "attempts": attempts})
+        bar.update(1)
+        bar.set_postfix(llm=n["accepted_from_llm"], fallback=n["fallbacks"], calls=n["llm_calls"])
+    bar.close()
     evals = len(ledger.trials)
     details = {"client": getattr(client, "label", type(client).__name__), **n,
                "valid_reply_rate": ((n["accepted_from_llm"] + n["replies_duplicate"]) / n["llm_calls"]

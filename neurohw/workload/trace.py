@@ -71,7 +71,7 @@ def _activation_function(module: nn.Module) -> str | None:
     if isinstance(module, ActivationFakeQuant):
         return "requant"
     name = type(module).__name__.lower()
-    for fn in ("gelu", "silu", "relu", "tanh", "sigmoid", "hardtanh", "swish"):
+    for fn in ("gelu", "silu", "relu", "hardtanh", "tanh", "sigmoid", "swish"):  # "hardtanh" before "tanh"
         if fn in name and not list(module.children()):
             return fn
     return None

@@ -180,6 +180,12 @@ def test_functional_matmul_softmax_layer_norm_are_recorded():
     assert not w.ops[1].output_on_chip  # the probabilities go to a GEMM, which does not fuse its input
 
 
+def test_activation_modules_are_named_by_their_function():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Hardtanh(), nn.Tanh(), nn.LeakyReLU(), nn.SiLU(), nn.GELU())
+    w = trace(net, torch.randn(2, 4))
+    assert [op.function for op in w.ops] == ["linear", "hardtanh", "tanh", "relu", "silu", "gelu"]
+
+
 def test_ir_with_transformer_ops_round_trips_and_unknown_kinds_are_errors():
     from neurohw.workload.reference import trace_decode
 
