@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import fields, replace
 from pathlib import Path
 
 from neurohw.accel.config import PRESETS, AcceleratorConfig, Dataflow
 from neurohw.accel.gemm import map_gemm
+from neurohw.io import atomic_write_json
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -47,18 +46,6 @@ def config_from_args(args: argparse.Namespace) -> AcceleratorConfig:
     if args.overlap is not None:
         given["overlap_folds"] = args.overlap
     return replace(PRESETS[args.preset], **given)
-
-
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def load_workload(source: str, *, seq_len: int, decode: int, image_size: int | None, import_modules: tuple[str, ...],
@@ -157,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"(mapped in {map_s:.3f} s)")
     out = {**cost.to_dict(), "mapping_wall_s": map_s, "untraced": list(w.untraced)}
     if args.json:
-        _atomic_write_json(args.json, out)
+        atomic_write_json(args.json, out)
     return out
 
 

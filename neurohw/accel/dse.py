@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +33,7 @@ from typing import Any
 
 from neurohw.accel.config import PRESETS, AcceleratorConfig
 from neurohw.accel.gemm import map_gemm
+from neurohw.io import atomic_write_json
 from neurohw.accel.space import Budget, DesignSpace, area_mm2
 
 __all__ = ["CostFn", "area_mm2", "Budget", "DesignSpace", "Trial", "SearchResult", "evaluate", "gemm_cost_fn",
@@ -351,17 +350,5 @@ def run_dse_command(args: argparse.Namespace, *, cost_fn: CostFn) -> dict:
                                 max_retries=args.max_retries, strategies=strategies, progress=True)
     print(format_table(report))
     if args.out:
-        _atomic_write_json(Path(args.out) / "dse.json", report)
+        atomic_write_json(Path(args.out) / "dse.json", report)
     return report
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -29,6 +29,7 @@ a model that mostly emits junk shows up as such in the report.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import os
 import random
@@ -259,16 +260,10 @@ def _fallback(space: DesignSpace, ledger: Ledger, rng: random.Random) -> dict | 
     measured = [t for t in ledger.trials if t.violation is not None]
     anchor = ledger.best() or (min(measured, key=lambda t: t.violation) if measured else None)
     start = space.values_of(anchor.config) if anchor else space.default()
-    cands = [space.default()] + rng.sample(space.neighbours(start), k=len(space.neighbours(start)))
+    neighbours = space.neighbours(start)
+    cands = itertools.chain([space.default()], rng.sample(neighbours, k=len(neighbours)),
+                            (space.sample(rng) for _ in range(1000)))
     for c in cands:
-        try:
-            space.to_config(c)
-        except ValueError:
-            continue
-        if space.key(c) not in ledger.seen:
-            return c
-    for _ in range(1000):
-        c = space.sample(rng)
         try:
             space.to_config(c)
         except ValueError:
