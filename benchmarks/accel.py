@@ -233,8 +233,8 @@ def plot_energy(rows: list[list], path: Path) -> None:
         ax.bar(labels, share, bottom=bottom, label=part)
         bottom = [b + s for b, s in zip(bottom, share)]
     for x, r in enumerate(rows):
-        ax.annotate(f"{r[5] / 1e3:.3g} mJ", (x, 101), ha="center", fontsize=7)
-    ax.set_ylim(0, 110)
+        ax.annotate(f"{r[5] / 1e3:.3g} mJ", (x, 102), ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.set_ylim(0, 125)
     ax.set_ylabel("share of energy per inference (%)")
     ax.set_title("energy breakdown: compute vs data movement")
     ax.tick_params(axis="x", labelsize=7, labelrotation=60)
