@@ -1,0 +1,220 @@
+r"""Spiking neurons: one typed spec, one functional core, and engines that implement it.
+
+Discrete dynamics of one timestep (the convention of SpikingJelly; Fang et al., "SpikingJelly", Science Advances
+2023), for input current X[t], membrane potential V[t], threshold V_th, reset potential V_r:
+
+    charge   IF:                      H[t] = V[t-1] + X[t]
+             LIF, decay_input=True:   H[t] = V[t-1] + (X[t] - (V[t-1] - V_r)) / tau
+             LIF, decay_input=False:  H[t] = V[t-1] - (V[t-1] - V_r) / tau + X[t]
+             PLIF: as LIF with a learned 1 / tau = sigmoid(w) (Fang et al., ICCV 2021), w initialized from tau
+    fire                              S[t] = Heaviside(H[t] - V_th)          (1 when H >= V_th)
+    reset    hard (v_reset=V_r):      V[t] = H[t] (1 - S[t]) + V_r S[t]
+             soft (v_reset=None):     V[t] = H[t] - V_th S[t]               (V_r = 0 in the charge equation)
+
+with V[-1] = V_r (0 for soft reset). Training uses the ATan surrogate gradient
+dS/dH = (alpha / 2) / (1 + (pi / 2 * alpha * (H - V_th))^2).
+
+:func:`neuron_step` / :func:`neuron_multistep` are the functional core (pure torch, the reference); the engines
+build ``nn.Module`` neurons that take ``(T, B, ...)`` sequences and return spike sequences of the same shape:
+
+- ``spikingjelly`` (default): SpikingJelly's ``IFNode`` / ``LIFNode`` / ``ParametricLIFNode`` in multi-step mode;
+- ``snntorch``: snnTorch's ``Leaky`` (beta = 1 - 1/tau; the input is scaled by 1/tau when ``decay_input``;
+  immediate reset, ``reset_delay=False``), stepped over T.
+
+Both are recognized by :mod:`neurohw.workload` as neuron layers (SpikingJelly ``BaseNode``, snnTorch
+``SpikingNeuron``), so spikes and updates are counted the same way whichever engine runs.
+
+Known engine difference: snnTorch fires when H > V_th, SpikingJelly when H >= V_th (only exact equality differs).
+snnTorch's delayed second reset of a membrane still above threshold is switched off (``mem_reset``), so both
+engines follow the equations above.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["NeuronKind", "Engine", "NeuronSpec", "neuron_step", "neuron_multistep", "build_neuron", "ENGINES",
+           "check_time_layout"]
+
+
+class NeuronKind(str, enum.Enum):
+    IF = "if"
+    LIF = "lif"
+    PLIF = "plif"
+
+
+class Engine(str, enum.Enum):
+    SPIKINGJELLY = "spikingjelly"
+    SNNTORCH = "snntorch"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NeuronSpec:
+    """Parameters of one neuron layer (units: potentials are dimensionless, ``tau`` is in timesteps).
+
+    Attributes:
+        kind: IF, LIF or PLIF (learned tau, initialized at ``tau``).
+        tau: membrane time constant (> 1 timestep; unused by IF).
+        v_threshold: firing threshold V_th (> 0).
+        v_reset: hard-reset potential V_r (< V_th), or None for a soft reset (subtract V_th).
+        decay_input: LIF/PLIF: the input is also divided by tau (SpikingJelly's default).
+        surrogate_alpha: sharpness of the ATan surrogate gradient (> 0).
+        detach_reset: no gradient through the reset (a common training simplification).
+    """
+
+    kind: NeuronKind = NeuronKind.LIF
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    v_reset: float | None = 0.0
+    decay_input: bool = True
+    surrogate_alpha: float = 2.0
+    detach_reset: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "kind", NeuronKind(self.kind))
+        except ValueError:
+            raise ValueError(f"NeuronSpec.kind={self.kind!r} is invalid: use one of {[k.value for k in NeuronKind]}") from None
+
+        def need(ok: bool, field: str, fix: str) -> None:
+            if not ok:
+                raise ValueError(f"NeuronSpec.{field}={getattr(self, field)!r} is invalid: {fix}")
+
+        real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+        need(real(self.tau) and self.tau > 1, "tau", "use a number > 1 (timesteps)")
+        need(real(self.v_threshold) and self.v_threshold > 0, "v_threshold", "use a number > 0")
+        need(self.v_reset is None or (real(self.v_reset) and self.v_reset < self.v_threshold), "v_reset",
+             "use None (soft reset) or a number below v_threshold")
+        need(real(self.surrogate_alpha) and self.surrogate_alpha > 0, "surrogate_alpha", "use a number > 0")
+
+    @property
+    def rest(self) -> float:
+        """V_r of the charge equation and the initial potential (0 for a soft reset)."""
+        return 0.0 if self.v_reset is None else float(self.v_reset)
+
+
+def check_time_layout(x_seq: torch.Tensor, where: str) -> None:
+    """Multi-step layers take ``(T, B, ...)``: at least 2 dimensions and T >= 1."""
+    if not isinstance(x_seq, torch.Tensor) or x_seq.dim() < 2 or x_seq.shape[0] < 1:
+        shape = tuple(x_seq.shape) if isinstance(x_seq, torch.Tensor) else type(x_seq).__name__
+        raise ValueError(f"{where}: expected a multi-step input (T, B, ...) with T >= 1, got {shape}; "
+                         "stack timesteps first (x.unsqueeze(0).expand(T, ...) for direct encoding)")
+
+
+def neuron_step(spec: NeuronSpec, x: torch.Tensor, v: torch.Tensor, *, inv_tau: torch.Tensor | float | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One timestep of the dynamics in the module docstring: ``(S[t], V[t])`` from ``X[t]`` and ``V[t-1]``.
+
+    ``inv_tau``: 1/tau (PLIF passes its learned ``sigmoid(w)``); default ``1 / spec.tau``. The spike uses a
+    plain Heaviside (this is the reference for the engines' forward pass, not a training path).
+    """
+    k = 1.0 / spec.tau if inv_tau is None else inv_tau
+    vr = spec.rest
+    if spec.kind is NeuronKind.IF:
+        h = v + x
+    elif spec.decay_input:
+        h = v + (x - (v - vr)) * k
+    else:
+        h = v - (v - vr) * k + x
+    s = (h >= spec.v_threshold).to(h.dtype)
+    v_next = h * (1 - s) + vr * s if spec.v_reset is not None else h - spec.v_threshold * s
+    return s, v_next
+
+
+def neuron_multistep(spec: NeuronSpec, x_seq: torch.Tensor, v0: torch.Tensor | None = None,
+                     *, inv_tau: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(spikes (T, B, ...), V[T-1])`` for an input sequence ``x_seq`` (T, B, ...) from ``V[-1] = v0``."""
+    check_time_layout(x_seq, "neuron_multistep")
+    v = torch.full_like(x_seq[0], spec.rest) if v0 is None else v0
+    out = []
+    for x in x_seq:
+        s, v = neuron_step(spec, x, v, inv_tau=inv_tau)
+        out.append(s)
+    return torch.stack(out), v
+
+
+# --------------------------------------------------------------------------------------------- engines
+def _spikingjelly(spec: NeuronSpec) -> nn.Module:
+    from spikingjelly.activation_based import neuron, surrogate
+
+    common = dict(v_threshold=spec.v_threshold, v_reset=spec.v_reset, detach_reset=spec.detach_reset,
+                  surrogate_function=surrogate.ATan(alpha=spec.surrogate_alpha), step_mode="m")
+    if spec.kind is NeuronKind.IF:
+        return neuron.IFNode(**common)
+    if spec.kind is NeuronKind.LIF:
+        return neuron.LIFNode(tau=spec.tau, decay_input=spec.decay_input, **common)
+    return neuron.ParametricLIFNode(init_tau=spec.tau, decay_input=spec.decay_input, **common)
+
+
+@functools.cache
+def _snntorch_class() -> type:
+    import snntorch
+    from snntorch import surrogate
+
+    class SnnTorchMultiStep(snntorch.Leaky):
+        """snnTorch ``Leaky`` stepped over the leading time dimension: ``(T, B, ...) -> (T, B, ...)`` spikes.
+
+        beta = 1 - 1/tau (learned for PLIF), input scaled by 1 - beta when ``decay_input``, immediate reset; the
+        membrane starts at V_r every call (the equations of :mod:`snn.neurons`).
+        """
+
+        def __init__(self, spec: NeuronSpec) -> None:
+            beta = 1.0 if spec.kind is NeuronKind.IF else 1.0 - 1.0 / spec.tau
+            super().__init__(beta=beta, threshold=spec.v_threshold, spike_grad=surrogate.atan(alpha=spec.surrogate_alpha),
+                             learn_beta=spec.kind is NeuronKind.PLIF,
+                             reset_mechanism="subtract" if spec.v_reset is None else "zero", reset_delay=False)
+            if spec.v_reset not in (None, 0.0):
+                raise ValueError(f"engine 'snntorch' resets to 0 only; NeuronSpec.v_reset={spec.v_reset} needs "
+                                 "engine 'spikingjelly'")
+            if spec.detach_reset:
+                raise ValueError("engine 'snntorch' has no detached reset; NeuronSpec.detach_reset=True needs "
+                                 "engine 'spikingjelly'")
+            self.spec = spec
+
+        def mem_reset(self, mem: torch.Tensor) -> torch.Tensor:
+            # every reset is applied in the step that fires (reset_delay=False); snnTorch would otherwise reset a
+            # membrane that is still above threshold once more at the next step, which the equations do not do
+            return torch.zeros_like(mem)
+
+        def forward(self, x_seq: torch.Tensor) -> torch.Tensor:  # (T, B, ...) -> (T, B, ...)
+            check_time_layout(x_seq, type(self).__name__)
+            scale = (1.0 - self.beta.clamp(0, 1)) if self.spec.kind is not NeuronKind.IF and self.spec.decay_input else 1.0
+            mem = torch.zeros_like(x_seq[0])
+            self.mem = mem
+            out = []
+            for x in x_seq:
+                spk, mem = super().forward(x * scale, mem)
+                out.append(spk)
+            return torch.stack(out)
+
+    return SnnTorchMultiStep
+
+
+def _snntorch(spec: NeuronSpec) -> nn.Module:
+    return _snntorch_class()(spec)
+
+
+# engine -> builder; one registration per engine
+ENGINES: dict[Engine, Callable[[NeuronSpec], nn.Module]] = {Engine.SPIKINGJELLY: _spikingjelly, Engine.SNNTORCH: _snntorch}
+
+
+def build_neuron(spec: NeuronSpec | None = None, *, engine: Engine | str = Engine.SPIKINGJELLY) -> nn.Module:
+    """A multi-step neuron layer for ``spec`` on ``engine`` (``(T, B, ...) -> (T, B, ...)`` spikes).
+
+    SpikingJelly nodes keep their state between calls: reset them with
+    ``spikingjelly.activation_based.functional.reset_net`` (the snnTorch engine restarts from V_r every call).
+    """
+    spec = spec or NeuronSpec()
+    try:
+        builder = ENGINES[Engine(engine)]
+    except ValueError:
+        raise ValueError(f"unknown neuron engine {engine!r}; known: {[e.value for e in Engine]}") from None
+    return builder(spec)
