@@ -18,15 +18,15 @@ dS/dH = (alpha / 2) / (1 + (pi / 2 * alpha * (H - V_th))^2).
 build ``nn.Module`` neurons that take ``(T, B, ...)`` sequences and return spike sequences of the same shape:
 
 - ``spikingjelly`` (default): SpikingJelly's ``IFNode`` / ``LIFNode`` / ``ParametricLIFNode`` in multi-step mode;
-- ``snntorch``: snnTorch's ``Leaky`` (beta = 1 - 1/tau; the input is scaled by 1/tau when ``decay_input``;
-  immediate reset, ``reset_delay=False``), stepped over T.
+- ``snntorch``: snnTorch's ``Leaky`` (beta = 1 - 1/tau; the input is scaled by 1/tau when ``decay_input``),
+  stepped over T, with the reset above applied in the step that fires;
+- ``fused``: this project's own, :class:`FusedNeuron`: the sequence as one autograd node with a hand-written
+  backward pass through time (fewer graph nodes per training step).
 
 Both are recognized by :mod:`neurohw.workload` as neuron layers (SpikingJelly ``BaseNode``, snnTorch
 ``SpikingNeuron``), so spikes and updates are counted the same way whichever engine runs.
 
 Known engine difference: snnTorch fires when H > V_th, SpikingJelly when H >= V_th (only exact equality differs).
-snnTorch's delayed second reset of a membrane still above threshold is switched off (``mem_reset``), so both
-engines follow the equations above.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 __all__ = ["NeuronKind", "Engine", "NeuronSpec", "neuron_step", "neuron_multistep", "build_neuron", "ENGINES",
-           "check_time_layout"]
+           "check_time_layout", "FusedNeuron"]
 
 
 class NeuronKind(str, enum.Enum):
@@ -54,6 +54,7 @@ class NeuronKind(str, enum.Enum):
 class Engine(str, enum.Enum):
     SPIKINGJELLY = "spikingjelly"
     SNNTORCH = "snntorch"
+    FUSED = "fused"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,36 +163,31 @@ def _snntorch_class() -> type:
     class SnnTorchMultiStep(snntorch.Leaky):
         """snnTorch ``Leaky`` stepped over the leading time dimension: ``(T, B, ...) -> (T, B, ...)`` spikes.
 
-        beta = 1 - 1/tau (learned for PLIF), input scaled by 1 - beta when ``decay_input``, immediate reset; the
-        membrane starts at V_r every call (the equations of :mod:`snn.neurons`).
+        snnTorch computes the leaky integration (beta = 1 - 1/tau, learned for PLIF) and the surrogate spike; the
+        input is scaled by 1 - beta when ``decay_input``, and the reset of the equations in :mod:`snn.neurons`
+        (hard to 0 or soft, detached if ``detach_reset``) is applied in the step that fires (snnTorch's own reset,
+        which is delayed to the next step, is off). The membrane starts at 0 on every call.
         """
 
         def __init__(self, spec: NeuronSpec) -> None:
-            beta = 1.0 if spec.kind is NeuronKind.IF else 1.0 - 1.0 / spec.tau
-            super().__init__(beta=beta, threshold=spec.v_threshold, spike_grad=surrogate.atan(alpha=spec.surrogate_alpha),
-                             learn_beta=spec.kind is NeuronKind.PLIF,
-                             reset_mechanism="subtract" if spec.v_reset is None else "zero", reset_delay=False)
             if spec.v_reset not in (None, 0.0):
                 raise ValueError(f"engine 'snntorch' resets to 0 only; NeuronSpec.v_reset={spec.v_reset} needs "
                                  "engine 'spikingjelly'")
-            if spec.detach_reset:
-                raise ValueError("engine 'snntorch' has no detached reset; NeuronSpec.detach_reset=True needs "
-                                 "engine 'spikingjelly'")
+            beta = 1.0 if spec.kind is NeuronKind.IF else 1.0 - 1.0 / spec.tau
+            super().__init__(beta=beta, threshold=spec.v_threshold, spike_grad=surrogate.atan(alpha=spec.surrogate_alpha),
+                             learn_beta=spec.kind is NeuronKind.PLIF, reset_mechanism="none")
             self.spec = spec
-
-        def mem_reset(self, mem: torch.Tensor) -> torch.Tensor:
-            # every reset is applied in the step that fires (reset_delay=False); snnTorch would otherwise reset a
-            # membrane that is still above threshold once more at the next step, which the equations do not do
-            return torch.zeros_like(mem)
 
         def forward(self, x_seq: torch.Tensor) -> torch.Tensor:  # (T, B, ...) -> (T, B, ...)
             check_time_layout(x_seq, type(self).__name__)
-            scale = (1.0 - self.beta.clamp(0, 1)) if self.spec.kind is not NeuronKind.IF and self.spec.decay_input else 1.0
+            spec = self.spec
+            scale = (1.0 - self.beta.clamp(0, 1)) if spec.kind is not NeuronKind.IF and spec.decay_input else 1.0
             mem = torch.zeros_like(x_seq[0])
-            self.mem = mem
             out = []
             for x in x_seq:
-                spk, mem = super().forward(x * scale, mem)
+                spk, mem = super().forward(x * scale, mem)  # H[t] = beta V[t-1] + scale X[t]; S[t] = spike(H - V_th)
+                r = spk.detach() if spec.detach_reset else spk
+                mem = mem - spec.v_threshold * r if spec.v_reset is None else mem * (1 - r)
                 out.append(spk)
             return torch.stack(out)
 
@@ -202,8 +198,92 @@ def _snntorch(spec: NeuronSpec) -> nn.Module:
     return _snntorch_class()(spec)
 
 
+class _FusedBPTT(torch.autograd.Function):
+    """The whole sequence of the equations in the module docstring as one autograd node (hand-written BPTT).
+
+    With a = 1 - k, b = k (decay_input) or 1, c = k V_r for LIF (a = b = 1, c = 0 for IF): H[t] = a V[t-1] + b X[t] + c.
+    Backward, from dS[t] (the loss's gradient) and dV[t] (from later steps), with g[t] = surrogate'(H[t] - V_th):
+
+        dH[t]   = dS[t] g[t] + dV[t] dV[t]/dH[t]
+                  hard: dV/dH = (1 - S[t]) + (V_r - H[t]) g[t]   soft: dV/dH = 1 - V_th g[t]   (no g term if detached)
+        dX[t]   = b dH[t],   dV[t-1] = a dH[t]
+        dk      = sum_t dH[t] (X[t] - (V[t-1] - V_r))  (decay_input)  or  -sum_t dH[t] (V[t-1] - V_r)
+    """
+
+    @staticmethod
+    def forward(ctx, x_seq: torch.Tensor, k: torch.Tensor, spec: NeuronSpec) -> torch.Tensor:
+        vr, th = spec.rest, spec.v_threshold
+        v = torch.full_like(x_seq[0], vr)
+        hs, vs, out = [], [], []
+        for x in x_seq:
+            vs.append(v)
+            if spec.kind is NeuronKind.IF:
+                h = v + x
+            elif spec.decay_input:
+                h = v + (x - (v - vr)) * k
+            else:
+                h = v - (v - vr) * k + x
+            s = (h >= th).to(h.dtype)
+            v = h * (1 - s) + vr * s if spec.v_reset is not None else h - th * s
+            hs.append(h)
+            out.append(s)
+        spikes = torch.stack(out)
+        ctx.save_for_backward(x_seq, k, torch.stack(hs), torch.stack(vs), spikes)
+        ctx.spec = spec
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_s: torch.Tensor):
+        x_seq, k, hs, vs, spikes = ctx.saved_tensors
+        spec = ctx.spec
+        vr, th, alpha = spec.rest, spec.v_threshold, spec.surrogate_alpha
+        lif = spec.kind is not NeuronKind.IF
+        a = 1 - k if lif else 1.0
+        b = k if lif and spec.decay_input else 1.0
+        grad_x = torch.empty_like(x_seq)
+        grad_k = torch.zeros_like(k)
+        dv = torch.zeros_like(x_seq[0])
+        for t in range(x_seq.shape[0] - 1, -1, -1):
+            h, s = hs[t], spikes[t]
+            g = (alpha / 2) / (1 + (math.pi / 2 * alpha * (h - th)) ** 2)  # ATan surrogate
+            if spec.v_reset is not None:
+                dvdh = (1 - s) if spec.detach_reset else (1 - s) + (vr - h) * g
+            else:
+                dvdh = torch.ones_like(h) if spec.detach_reset else 1 - th * g
+            dh = grad_s[t] * g + dv * dvdh
+            grad_x[t] = dh * b
+            if lif and k.requires_grad:
+                drive = (x_seq[t] - (vs[t] - vr)) if spec.decay_input else -(vs[t] - vr)
+                grad_k = grad_k + (dh * drive).sum()
+            dv = dh * a
+        return grad_x, (grad_k if lif and k.requires_grad else None), None
+
+
+class FusedNeuron(nn.Module):
+    """This project's own engine: the equations run as one autograd node per layer (:class:`_FusedBPTT`), so a
+    training step builds T times fewer graph nodes than a step-by-step engine. PLIF learns
+    ``w`` with 1/tau = sigmoid(w). Carries the ``is_spiking_neuron`` marker that :mod:`neurohw.workload` looks for.
+    """
+
+    is_spiking_neuron = True
+
+    def __init__(self, spec: NeuronSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        if spec.kind is NeuronKind.PLIF:
+            self.w = nn.Parameter(torch.tensor(-math.log(spec.tau - 1.0)))  # sigmoid(w) = 1 / tau
+        else:
+            self.register_buffer("k", torch.tensor(1.0 / spec.tau), persistent=False)
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:  # (T, B, ...) -> (T, B, ...)
+        check_time_layout(x_seq, type(self).__name__)
+        k = torch.sigmoid(self.w) if self.spec.kind is NeuronKind.PLIF else self.k.to(x_seq.dtype)
+        return _FusedBPTT.apply(x_seq, k, self.spec)
+
+
 # engine -> builder; one registration per engine
-ENGINES: dict[Engine, Callable[[NeuronSpec], nn.Module]] = {Engine.SPIKINGJELLY: _spikingjelly, Engine.SNNTORCH: _snntorch}
+ENGINES: dict[Engine, Callable[[NeuronSpec], nn.Module]] = {Engine.SPIKINGJELLY: _spikingjelly, Engine.SNNTORCH: _snntorch,
+                                                             Engine.FUSED: FusedNeuron}
 
 
 def build_neuron(spec: NeuronSpec | None = None, *, engine: Engine | str = Engine.SPIKINGJELLY) -> nn.Module:

@@ -60,8 +60,10 @@ def _neuron_bases() -> tuple[type, ...]:
 
 
 def default_is_neuron(module: nn.Module) -> bool:
-    """True for spiking-neuron modules of SpikingJelly (``BaseNode``) and snnTorch (``SpikingNeuron``)."""
-    return isinstance(module, _neuron_bases())
+    """True for spiking-neuron modules of SpikingJelly (``BaseNode``) and snnTorch (``SpikingNeuron``), and for any
+    module whose class sets ``is_spiking_neuron = True`` (e.g. ``snn.neurons.FusedNeuron``; neurohw reads the
+    marker instead of importing ``snn``)."""
+    return getattr(type(module), "is_spiking_neuron", False) is True or isinstance(module, _neuron_bases())
 
 
 def _activation_function(module: nn.Module) -> str | None:

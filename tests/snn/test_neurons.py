@@ -32,18 +32,29 @@ def test_both_engines_equal_the_functional_core(spec):
         assert torch.equal(_run(spec, engine, x), ref), engine  # exact: same float operations
 
 
-def test_engines_agree_on_surrogate_gradients():
+GRAD_SPECS = [NeuronSpec(kind=k, tau=2.0, v_reset=r, detach_reset=d)
+              for k, r, d in itertools.product(NeuronKind, (0.0, None), (False, True))]
+
+
+@pytest.mark.parametrize("spec", GRAD_SPECS, ids=lambda s: f"{s.kind.value}-{'hard' if s.v_reset is not None else 'soft'}-detach{s.detach_reset}")
+def test_engines_agree_on_surrogate_gradients(spec):
     torch.manual_seed(0)
     x0 = torch.rand(16, 4, 6) * 1.2
-    grads = []
+    grads, w_grads = {}, {}
     for engine in Engine:
+        node = build_neuron(spec, engine=engine)
+        functional.reset_net(node)
         x = x0.clone().requires_grad_(True)
-        out = _run(NeuronSpec(kind="lif", tau=2.0), engine, x)
-        (out * torch.linspace(0, 1, 6)).sum().backward()
-        grads.append(x.grad)
+        (node(x) * torch.linspace(0, 1, 6)).sum().backward()
+        grads[engine] = x.grad
+        if spec.kind is NeuronKind.PLIF and engine is not Engine.SNNTORCH:  # snnTorch learns beta, not w
+            w_grads[engine] = node.w.grad
     # same ATan surrogate and the same reset path; float rounding of (1 - beta) vs 1/tau only
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
-    assert float(grads[0].abs().sum()) > 0
+    for engine in (Engine.SNNTORCH, Engine.FUSED):
+        torch.testing.assert_close(grads[engine], grads[Engine.SPIKINGJELLY], rtol=1e-5, atol=1e-6)
+    if w_grads:
+        torch.testing.assert_close(w_grads[Engine.FUSED], w_grads[Engine.SPIKINGJELLY], rtol=1e-5, atol=1e-6)
+    assert float(grads[Engine.SPIKINGJELLY].abs().sum()) > 0
 
 
 def _brian2_spike_steps(kind: str, current: np.ndarray, *, tau: float, v_th: float) -> list[int]:

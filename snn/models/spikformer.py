@@ -1,0 +1,160 @@
+r"""A spike-driven vision transformer (Spikformer / Spike-driven Transformer v2 style) for small images.
+
+Dimension letters: T timesteps, B batch, C channels, H x W image, N tokens, D embedding width, h heads,
+d = D / h head width, K classes.
+
+Data flow (all layers multi-step: every tensor carries T first):
+
+    x (B, C, H, W) -> direct encoding, repeated over T -> (T, B, C, H, W)
+    patch embedding: Conv3x3 + BN -> LIF -> Conv(p x p, stride p) + BN -> tokens u (T, B, N, D), N = (H/p)(W/p),
+                     plus a learned position embedding
+    L blocks, each with a membrane shortcut (residual on real values; every sublayer starts with a neuron, so all
+    its matrix products take spikes):
+        s = LIF(u);  q, k, v = LIF(BN(s W_q)), LIF(BN(s W_k)), LIF(BN(s W_v))        (binary, (T, B, h, N, d))
+        attention without softmax (spike-driven self-attention):  a = q (k^T v) * scale   (linear order: k^T v
+        is d x d, so the cost is O(N d^2), not O(N^2 d); the product of spikes is an integer count)
+        u = u + BN(LIF_a(a) W_o)                      LIF_a: threshold ``attn_threshold`` (counts are large)
+        u = u + BN(LIF(BN(LIF(u) W_1)) W_2)           MLP of width ``mlp_ratio`` D
+    head: mean over tokens of LIF(u) -> Linear -> logits (T, B, K); the prediction averages them over T.
+
+References: Z. Zhou et al., "Spikformer: When spiking neural network meets transformer", ICLR 2023 (SSA without
+softmax, BN after every linear layer); M. Yao et al., "Spike-driven Transformer V2", ICLR 2024 (membrane
+shortcut, neurons before every product).
+
+The neurons come from :func:`snn.neurons.build_neuron`, so the same architecture runs on SpikingJelly (default)
+or snnTorch (``engine="snntorch"``) neurons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from snn.neurons import Engine, NeuronSpec, build_neuron, check_time_layout
+
+__all__ = ["SpikformerConfig", "Spikformer"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpikformerConfig:
+    """Sizes of the spiking ViT; validated at construction (errors name the field)."""
+
+    image_size: int = 8
+    channels: int = 1
+    patch_size: int = 2
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: int = 2
+    num_classes: int = 10
+    timesteps: int = 4
+    neuron: NeuronSpec = NeuronSpec(kind="lif", tau=2.0, v_reset=0.0, detach_reset=True)
+    attn_threshold: float = 0.5
+    engine: Engine = Engine.SPIKINGJELLY
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, field: str, fix: str) -> None:
+            if not ok:
+                raise ValueError(f"SpikformerConfig.{field}={getattr(self, field)!r} is invalid: {fix}")
+
+        for f in ("image_size", "channels", "patch_size", "dim", "depth", "heads", "mlp_ratio", "num_classes", "timesteps"):
+            need(isinstance(getattr(self, f), int) and getattr(self, f) >= 1, f, "use an int >= 1")
+        need(self.image_size % self.patch_size == 0, "patch_size", f"must divide image_size={self.image_size}")
+        need(self.dim % self.heads == 0, "heads", f"must divide dim={self.dim}")
+        need(self.attn_threshold > 0, "attn_threshold", "use a number > 0")
+        object.__setattr__(self, "engine", Engine(self.engine))
+
+    @property
+    def tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class _SeqBN(nn.Module):
+    """BatchNorm over the last dim of a (T, B, ..., D) tensor (statistics over everything else)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x.reshape(-1, x.shape[-1])).view_as(x)
+
+
+class _Block(nn.Module):
+    def __init__(self, cfg: SpikformerConfig) -> None:
+        super().__init__()
+        D, h = cfg.dim, cfg.heads
+        neuron = lambda spec=cfg.neuron: build_neuron(spec, engine=cfg.engine)  # noqa: E731
+        self.heads, self.scale = h, 1.0 / math.sqrt(D // h)
+        self.in_lif, self.mlp_lif, self.hid_lif = neuron(), neuron(), neuron()
+        self.qkv = nn.Linear(D, 3 * D, bias=False)
+        self.qkv_bn = _SeqBN(3 * D)
+        self.q_lif, self.k_lif, self.v_lif = neuron(), neuron(), neuron()
+        self.attn_lif = neuron(replace(cfg.neuron, v_threshold=cfg.attn_threshold, v_reset=0.0))
+        self.proj, self.proj_bn = nn.Linear(D, D), _SeqBN(D)
+        self.fc1, self.fc1_bn = nn.Linear(D, cfg.mlp_ratio * D), _SeqBN(cfg.mlp_ratio * D)
+        self.fc2, self.fc2_bn = nn.Linear(cfg.mlp_ratio * D, D), _SeqBN(D)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:  # (T, B, N, D) -> (T, B, N, D)
+        T, B, N, D = u.shape
+        h, d = self.heads, D // self.heads
+        s = self.in_lif(u)
+        q, k, v = self.qkv_bn(self.qkv(s)).chunk(3, dim=-1)  # 3 x (T, B, N, D)
+        q, k, v = (lif(x).view(T, B, N, h, d).transpose(2, 3) for lif, x in ((self.q_lif, q), (self.k_lif, k), (self.v_lif, v)))
+        kv = k.transpose(-2, -1) @ v  # (T, B, h, d, N) x (T, B, h, N, d) -> (T, B, h, d, d)
+        a = (q @ kv) * self.scale  # (T, B, h, N, d) x (T, B, h, d, d) -> (T, B, h, N, d)
+        a = self.attn_lif(a.transpose(2, 3).reshape(T, B, N, D))
+        u = u + self.proj_bn(self.proj(a))
+        hid = self.hid_lif(self.fc1_bn(self.fc1(self.mlp_lif(u))))
+        return u + self.fc2_bn(self.fc2(hid))
+
+
+class Spikformer(nn.Module):
+    """The spiking ViT of the module docstring; ``forward`` takes images (B, C, H, W) and returns logits (B, K)."""
+
+    def __init__(self, config: SpikformerConfig | None = None) -> None:
+        super().__init__()
+        cfg = self.config = config or SpikformerConfig()
+        D = cfg.dim
+        self.stem = nn.Conv2d(cfg.channels, D, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(D)
+        self.stem_lif = build_neuron(cfg.neuron, engine=cfg.engine)
+        self.patch = nn.Conv2d(D, D, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.patch_bn = nn.BatchNorm2d(D)
+        self.pos = nn.Parameter(torch.zeros(1, 1, cfg.tokens, D))
+        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.depth))
+        self.head_lif = build_neuron(cfg.neuron, engine=cfg.engine)
+        self.head = nn.Linear(D, cfg.num_classes)
+
+    def forward_sequence(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """(T, B, C, H, W) input currents -> (T, B, K) logits per timestep."""
+        cfg = self.config
+        check_time_layout(x_seq, "Spikformer")
+        if x_seq.dim() != 5 or tuple(x_seq.shape[2:]) != (cfg.channels, cfg.image_size, cfg.image_size):
+            raise ValueError(f"Spikformer: expected (T, B, {cfg.channels}, {cfg.image_size}, {cfg.image_size}), "
+                             f"got {tuple(x_seq.shape)}")
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(self)  # SpikingJelly neurons keep state between calls; every call starts at rest
+        T, B = x_seq.shape[:2]
+        z = self.stem_bn(self.stem(x_seq.flatten(0, 1)))  # (T B, D, H, W)
+        z = self.stem_lif(z.view(T, B, *z.shape[1:])).flatten(0, 1)
+        z = self.patch_bn(self.patch(z))  # (T B, D, H/p, W/p)
+        u = z.flatten(2).transpose(1, 2).reshape(T, B, cfg.tokens, cfg.dim) + self.pos  # (T, B, N, D)
+        for block in self.blocks:
+            u = block(u)
+        return self.head(self.head_lif(u).mean(dim=2))  # (T, B, N, D) -> (T, B, D) -> (T, B, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) (or flat (B, C*H*W)) -> logits (B, K), averaged over ``config.timesteps``."""
+        cfg = self.config
+        if x.dim() == 2 and x.shape[1] == cfg.channels * cfg.image_size ** 2:
+            x = x.view(-1, cfg.channels, cfg.image_size, cfg.image_size)
+        if x.dim() != 4:
+            raise ValueError(f"Spikformer: expected images (B, {cfg.channels}, {cfg.image_size}, {cfg.image_size}) "
+                             f"or flat (B, {cfg.channels * cfg.image_size ** 2}), got {tuple(x.shape)}")
+        x_seq = x.unsqueeze(0).expand(cfg.timesteps, *x.shape)  # direct encoding: (B, ...) -> (T, B, ...)
+        return self.forward_sequence(x_seq).mean(dim=0)
