@@ -213,22 +213,21 @@ class _FusedBPTT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, k: torch.Tensor, spec: NeuronSpec) -> torch.Tensor:
         vr, th = spec.rest, spec.v_threshold
+        lif = spec.kind is not NeuronKind.IF
+        a = 1 - k if lif else 1.0
+        # the input part of the charge for all timesteps at once: H[t] = a V[t-1] + drive[t]
+        drive = (x_seq * k + k * vr if spec.decay_input else x_seq + k * vr) if lif else x_seq
+        hs = torch.empty_like(x_seq)
+        vs = torch.empty_like(x_seq)  # V[t-1], the membrane before step t
         v = torch.full_like(x_seq[0], vr)
-        hs, vs, out = [], [], []
-        for x in x_seq:
-            vs.append(v)
-            if spec.kind is NeuronKind.IF:
-                h = v + x
-            elif spec.decay_input:
-                h = v + (x - (v - vr)) * k
-            else:
-                h = v - (v - vr) * k + x
-            s = (h >= th).to(h.dtype)
-            v = h * (1 - s) + vr * s if spec.v_reset is not None else h - th * s
-            hs.append(h)
-            out.append(s)
-        spikes = torch.stack(out)
-        ctx.save_for_backward(x_seq, k, torch.stack(hs), torch.stack(vs), spikes)
+        for t in range(x_seq.shape[0]):
+            vs[t] = v
+            h = drive[t] + v * a if lif else drive[t] + v
+            hs[t] = h
+            fired = h >= th
+            v = h.masked_fill(fired, vr) if spec.v_reset is not None else h - th * fired.to(h.dtype)
+        spikes = (hs >= th).to(x_seq.dtype)
+        ctx.save_for_backward(x_seq, k, hs, vs, spikes)
         ctx.spec = spec
         return spikes
 
@@ -240,23 +239,22 @@ class _FusedBPTT(torch.autograd.Function):
         lif = spec.kind is not NeuronKind.IF
         a = 1 - k if lif else 1.0
         b = k if lif and spec.decay_input else 1.0
-        grad_x = torch.empty_like(x_seq)
-        grad_k = torch.zeros_like(k)
+        g = (alpha / 2) / (1 + (math.pi / 2 * alpha * (hs - th)) ** 2)  # ATan surrogate, all timesteps at once
+        if spec.v_reset is not None:
+            dvdh = (1 - spikes) if spec.detach_reset else (1 - spikes) + (vr - hs) * g
+        else:
+            dvdh = torch.ones_like(hs) if spec.detach_reset else 1 - th * g
+        dh = grad_s * g  # the direct part; the recurrence below adds dV[t] dV[t]/dH[t]
         dv = torch.zeros_like(x_seq[0])
         for t in range(x_seq.shape[0] - 1, -1, -1):
-            h, s = hs[t], spikes[t]
-            g = (alpha / 2) / (1 + (math.pi / 2 * alpha * (h - th)) ** 2)  # ATan surrogate
-            if spec.v_reset is not None:
-                dvdh = (1 - s) if spec.detach_reset else (1 - s) + (vr - h) * g
-            else:
-                dvdh = torch.ones_like(h) if spec.detach_reset else 1 - th * g
-            dh = grad_s[t] * g + dv * dvdh
-            grad_x[t] = dh * b
-            if lif and k.requires_grad:
-                drive = (x_seq[t] - (vs[t] - vr)) if spec.decay_input else -(vs[t] - vr)
-                grad_k = grad_k + (dh * drive).sum()
-            dv = dh * a
-        return grad_x, (grad_k if lif and k.requires_grad else None), None
+            dh[t] += dv * dvdh[t]
+            dv = dh[t] * a
+        grad_x = dh * b
+        grad_k = None
+        if lif and k.requires_grad:
+            drive = (x_seq - (vs - vr)) if spec.decay_input else -(vs - vr)
+            grad_k = (dh * drive).sum()
+        return grad_x, grad_k, None
 
 
 class FusedNeuron(nn.Module):

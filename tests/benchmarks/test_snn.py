@@ -13,6 +13,31 @@ def test_snn_benchmark_writes_accuracy_accounting_throughput_and_targets(tmp_pat
     saved = json.loads((tmp_path / "snn.json").read_text())
     vit = saved["spiking_vit_digits"]
     assert 0.0 <= vit["test_accuracy"] <= 1.0 and vit["accounting"]["sops"] > 0 and vit["accounting"]["layers"]
-    assert set(saved["throughput"]["samples_per_second"]) == {"fused", "spikingjelly", "snntorch"}
+    assert set(saved["throughput"]["samples_per_second"]) == set(bs.VARIANTS)
     assert {t["name"] for t in saved["targets"]} == {"spiking_vit_digits_test_accuracy", "training_throughput_ours_over_snntorch"}
-    assert saved["pending"] and out["throughput"]["ratios"]["fused_over_snntorch"] > 0
+    assert saved["pending"] and out["throughput"]["ratios"]["ours-fused_over_snntorch-peer"] > 0
+
+
+def test_the_snntorch_peer_is_the_same_network():
+    import torch
+
+    from benchmarks.snntorch_spikformer import SnnTorchSpikformer
+    from snn.models import Spikformer, SpikformerConfig
+    from tasks.digits import load_digits_split
+
+    torch.manual_seed(0)
+    cfg = SpikformerConfig(dim=32, depth=1, timesteps=3)
+    ours, peer = Spikformer(cfg), SnnTorchSpikformer(cfg)
+    x = load_digits_split("train").x[:48]
+    y = torch.arange(48) % 10
+    opt = torch.optim.AdamW(ours.parameters(), lr=3e-3)
+    for _ in range(3):  # non-trivial weights and BN statistics
+        loss = torch.nn.functional.cross_entropy(ours(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    missing, unexpected = peer.load_state_dict(ours.state_dict(), strict=False)
+    assert not unexpected and all("_lif." in k for k in missing)  # snnTorch's neuron constants only
+    ours.eval(), peer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peer(x), ours(x), rtol=1e-5, atol=1e-6)
