@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["DirectEncodingSNN"]
+__all__ = ["DirectEncodingSNN", "TimeFolded"]
 
 
 class DirectEncodingSNN(nn.Module):
@@ -38,3 +38,15 @@ class DirectEncodingSNN(nn.Module):
         out = self.net(x_seq)  # (T, B, C)
         functional.reset_net(self.net)
         return out.mean(dim=0)  # (B, C)
+
+
+class TimeFolded(nn.Module):
+    """Apply a per-sample layer (e.g. ``nn.Conv2d``) to a multi-step tensor (T, B, ...) by folding T into the batch."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x.flatten(0, 1))  # (T, B, ...) -> (T B, ...)
+        return y.view(*x.shape[:2], *y.shape[1:])  # (T B, ...) -> (T, B, ...)
