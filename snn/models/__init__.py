@@ -1,5 +1,7 @@
-"""Spiking models: the spike-driven vision transformer (:mod:`snn.models.spikformer`)."""
+"""Spiking models: the spike-driven vision transformer (:mod:`snn.models.spikformer`) and the spiking decoder
+language model (:mod:`snn.models.spiking_lm`)."""
 
 from snn.models.spikformer import Spikformer, SpikformerConfig
+from snn.models.spiking_lm import SpikingLM, SpikingLMConfig
 
-__all__ = ["Spikformer", "SpikformerConfig"]
+__all__ = ["Spikformer", "SpikformerConfig", "SpikingLM", "SpikingLMConfig"]
