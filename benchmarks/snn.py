@@ -7,6 +7,9 @@ yet are listed under ``pending``):
   encoding (:func:`ann.train.classifier.train_classifier`, best validation epoch), its test accuracy, and its
   accounting on the test split from :mod:`neurohw.workload`: per-layer firing rates, synaptic operations, neuron
   updates and membrane-state memory;
+- the byte-level spiking LM (:class:`snn.models.SpikingLM`) and a Llama-style ANN LM of about the same size, trained
+  with the same steps on the standard-library train split and scored in bits per byte on held-out test files
+  (:func:`ann.eval.lm.bits_per_byte`, whole files);
 - training throughput of the same architecture, as samples per second over identical steps in this run: ours
   (multi-step) on each neuron engine (this project's ``fused`` engine, SpikingJelly, snnTorch) and the peer written
   the way snnTorch is used (:mod:`benchmarks.snntorch_spikformer`: the whole network stepped over time), with
@@ -16,9 +19,11 @@ yet are listed under ``pending``):
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
+import types
 
 import torch
 
@@ -28,8 +33,11 @@ __all__ = ["main"]
 
 # profile -> (training epochs of the digits ViT, timed steps per engine)
 PROFILE = {"quick": (30, 10), "full": (60, 30)}
+# profile -> (LM training steps, held-out bytes scored); both LMs get the same steps, batch and windows
+LM_PROFILE = {"quick": (300, 100_000), "full": (1500, 200_000)}
+LM_BATCH, LM_SEQ = 16, 256
 
-PENDING = ["spiking language model (bits per byte vs the ANN code LM)", "spiking MFM on SynthMed-VQA (vs the ANN MFM)",
+PENDING = ["spiking MFM on SynthMed-VQA (vs the ANN MFM)",
            "DDP training under torchrun", "distillation from the ANN teacher", "NIR export / import"]
 
 
@@ -62,6 +70,99 @@ def train_step_seconds(variant: str, x: torch.Tensor, y: torch.Tensor, *, steps:
         if i >= 2:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+class _ByteTokenizer:
+    """UTF-8 bytes as tokens (vocabulary 256, no BOS), in the calling convention of ann.eval.lm.bits_per_byte."""
+
+    bos_token_id = None
+
+    def __call__(self, texts, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [list(t.encode("utf-8")) for t in texts]}
+
+
+class _LogitsOf(torch.nn.Module):
+    """``model(input_ids=..., attention_mask=...).logits`` for a model that maps tokens (B, N) to logits; right
+    padding is harmless for a causal model (no position sees a later one)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        return types.SimpleNamespace(logits=self.inner(input_ids))
+
+
+def _ann_byte_lm(params_target: int, seq: int) -> torch.nn.Module:
+    """A Llama-style byte-level ANN LM (2 layers, MLP 2x) whose width gives the parameter count closest to
+    ``params_target`` (the same-size baseline)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def build(hidden: int) -> torch.nn.Module:
+        return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=hidden, intermediate_size=2 * hidden,
+                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                            max_position_embeddings=2 * seq, tie_word_embeddings=False))
+
+    sizes = {h: sum(p.numel() for p in build(h).parameters()) for h in range(32, 257, 16)}
+    model = build(min(sizes, key=lambda h: abs(sizes[h] - params_target)))
+
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = model
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.lm(input_ids=tokens).logits
+
+    return Tokens()
+
+
+def train_and_score_lm(model: torch.nn.Module, train: torch.Tensor, held_out: list[str], *, steps: int, seed: int,
+                       log, name: str) -> dict:
+    """Next-byte training on random windows of the train bytes (AdamW, cosine), then held-out bits per byte
+    (ann.eval.lm.bits_per_byte: whole files, windows of 2 * LM_SEQ bytes, stride 1.5 * LM_SEQ)."""
+    from ann.eval.lm import bits_per_byte
+
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        starts = torch.randint(0, len(train) - LM_SEQ - 1, (LM_BATCH,), generator=g)
+        x = torch.stack([train[i : i + LM_SEQ + 1] for i in starts.tolist()]).long()  # (B, N + 1)
+        loss = torch.nn.functional.cross_entropy(model(x[:, :-1]).reshape(-1, 256), x[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % max(1, steps // 5) == 0:
+            log(f"{name}: step {step}/{steps}, train {loss.item() / math.log(2):.3f} bits/byte")
+    train_s = time.perf_counter() - t0
+    res = bits_per_byte(_LogitsOf(model), _ByteTokenizer(), held_out, context=2 * LM_SEQ, stride=3 * LM_SEQ // 2,
+                        batch_size=4, progress=False)
+    return {"params": sum(p.numel() for p in model.parameters()), "train_seconds": train_s, "steps": steps,
+            **res.to_dict()}
+
+
+def run_lm(profile: str, seed: int, log) -> dict:
+    """The byte-level spiking LM vs a same-size ANN LM, same data, steps and held-out files."""
+    from ann.train.code import held_out_files
+    from snn.models import SpikingLM, SpikingLMConfig
+    from tasks.code import join_code_files, load_stdlib_corpus
+
+    steps, eval_bytes = LM_PROFILE[profile]
+    train = torch.tensor(list(join_code_files(load_stdlib_corpus("train")).encode("utf-8")), dtype=torch.uint8)
+    held_out = [f.text for f in held_out_files(eval_bytes, split="test")]
+    torch.manual_seed(seed)
+    snn_lm = SpikingLM(SpikingLMConfig(max_positions=2 * LM_SEQ))
+    snn_res = train_and_score_lm(snn_lm, train, held_out, steps=steps, seed=seed, log=log, name="spiking LM")
+    torch.manual_seed(seed)
+    ann_lm = _ann_byte_lm(snn_res["params"], LM_SEQ)
+    ann_res = train_and_score_lm(ann_lm, train, held_out, steps=steps, seed=seed, log=log, name="ANN LM")
+    return {"spiking": snn_res, "ann_same_size": ann_res, "train_bytes": len(train), "held_out_files": len(held_out),
+            "protocol": f"{steps} steps of {LM_BATCH} x {LM_SEQ} random train bytes each; held-out stdlib test files, "
+                        f"{eval_bytes} bytes, windows {2 * LM_SEQ} stride {3 * LM_SEQ // 2}"}
 
 
 def accounting(model, x: torch.Tensor) -> dict:
@@ -104,6 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
         xb, yb = data["train"].x[:64], data["train"].y[:64]
         step_s = {v: train_step_seconds(v, xb, yb, steps=timed_steps, seed=args.seed, timesteps=cfg.timesteps)
                   for v in VARIANTS}
+        log("byte-level language models: spiking vs same-size ANN")
+        lm = run_lm(args.profile, args.seed, log)
     throughput = {v: 64 / s for v, s in step_s.items()}
     ratios = {f"{v}_over_snntorch-peer": throughput[v] / throughput["snntorch-peer"] for v in throughput if v != "snntorch-peer"}
     ours = ratios["ours-fused_over_snntorch-peer"]
@@ -121,15 +224,21 @@ def main(argv: list[str] | None = None) -> dict:
                                       "best_epoch": res.best_epoch, "train_seconds": train_sw.seconds, "accounting": acct},
                "throughput": {"step_seconds": step_s, "samples_per_second": throughput, "ratios": ratios,
                               "batch": 64, "timed_steps": timed_steps},
-               "pending": PENDING, "targets": [t.to_dict() for t in targets],
+               "lm": lm, "pending": PENDING, "targets": [t.to_dict() for t in targets],
                "meta": {"benchmark": "snn", "profile": args.profile, "seed": args.seed, "wall_time_s": sw.seconds,
                         "machine": machine_info(), "versions": versions("spikingjelly", "snntorch")}}
+    lm_cols = ["language model (bytes)", "params", "held-out bits/byte", "train s"]
+    lm_rows = [["spiking LM", lm["spiking"]["params"], lm["spiking"]["bits_per_byte"], lm["spiking"]["train_seconds"]],
+               ["ANN LM, same size", lm["ann_same_size"]["params"], lm["ann_same_size"]["bits_per_byte"],
+                lm["ann_same_size"]["train_seconds"]]]
     md = ("# neuromfm spiking transformers (in progress)\n\n" + format_table(cols, rows, markdown=True)
+          + "\n\n## Byte-level language models (" + lm["protocol"] + ")\n\n" + format_table(lm_cols, lm_rows, markdown=True)
           + "\n\n## Training throughput of the same architecture (ours on each neuron engine; the snnTorch-style peer)\n\n" + format_table(tp_cols, tp_rows, markdown=True)
           + "\n\nNot built yet: " + "; ".join(PENDING) + ".\n\n" + format_targets(targets, markdown=True) + "\n")
     path = write_results(args.out, "snn", payload, markdown=md)
     print(format_table(cols, rows))
     print(format_table(tp_cols, tp_rows))
+    print(format_table(lm_cols, lm_rows))
     print(format_targets(targets))
     print(f"wrote {path} in {sw.seconds:.1f} s")
     return payload

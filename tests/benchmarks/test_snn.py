@@ -9,6 +9,7 @@ import benchmarks.snn as bs
 
 def test_snn_benchmark_writes_accuracy_accounting_throughput_and_targets(tmp_path, monkeypatch):
     monkeypatch.setattr(bs, "PROFILE", {"quick": (1, 1), "full": (1, 1)})
+    monkeypatch.setattr(bs, "LM_PROFILE", {"quick": (2, 3000), "full": (2, 3000)})
     out = bs.main(["--out", str(tmp_path), "--quiet"])
     saved = json.loads((tmp_path / "snn.json").read_text())
     vit = saved["spiking_vit_digits"]
@@ -16,6 +17,9 @@ def test_snn_benchmark_writes_accuracy_accounting_throughput_and_targets(tmp_pat
     assert set(saved["throughput"]["samples_per_second"]) == set(bs.VARIANTS)
     assert {t["name"] for t in saved["targets"]} == {"spiking_vit_digits_test_accuracy", "training_throughput_ours_over_snntorch"}
     assert saved["pending"] and out["throughput"]["ratios"]["ours-fused_over_snntorch-peer"] > 0
+    lm = saved["lm"]
+    assert lm["spiking"]["bits_per_byte"] > 0 and lm["ann_same_size"]["bits_per_byte"] > 0
+    assert 0.5 < lm["ann_same_size"]["params"] / lm["spiking"]["params"] < 2.0  # similar size
 
 
 def test_the_snntorch_peer_is_the_same_network():
