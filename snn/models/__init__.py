@@ -1,5 +1,5 @@
 """Spiking models: the spike-driven vision transformer (:mod:`snn.models.spikformer`) and the spiking decoder
-language model (:mod:`snn.models.spiking_lm`)."""
+language model (:mod:`snn.models.spiking_lm`), built from one spike-driven block (:mod:`snn.models.blocks`)."""
 
 from snn.models.spikformer import Spikformer, SpikformerConfig
 from snn.models.spiking_lm import SpikingLM, SpikingLMConfig

@@ -8,13 +8,8 @@ Data flow (all layers multi-step: every tensor carries T first):
     x (B, C, H, W) -> direct encoding, repeated over T -> (T, B, C, H, W)
     patch embedding: Conv3x3 + BN -> LIF -> Conv(p x p, stride p) + BN -> tokens u (T, B, N, D), N = (H/p)(W/p),
                      plus a learned position embedding
-    L blocks, each with a membrane shortcut (residual on real values; every sublayer starts with a neuron, so all
-    its matrix products take spikes):
-        s = LIF(u);  q, k, v = LIF(BN(s W_q)), LIF(BN(s W_k)), LIF(BN(s W_v))        (binary, (T, B, h, N, d))
-        attention without softmax (spike-driven self-attention):  a = q (k^T v) * scale   (linear order: k^T v
-        is d x d, so the cost is O(N d^2), not O(N^2 d); the product of spikes is an integer count)
-        u = u + BN(LIF_a(a) W_o)                      LIF_a: threshold ``attn_threshold`` (counts are large)
-        u = u + BN(LIF(BN(LIF(u) W_1)) W_2)           MLP of width ``mlp_ratio`` D
+    L bidirectional spike-driven blocks (:mod:`snn.models.blocks`: membrane shortcut, attention q (k^T v) on
+    spikes without softmax, spiking MLP)
     head: mean over tokens of LIF(u) -> Linear -> logits (T, B, K); the prediction averages them over T.
 
 References: Z. Zhou et al., "Spikformer: When spiking neural network meets transformer", ICLR 2023 (SSA without
@@ -22,17 +17,17 @@ softmax, BN after every linear layer); M. Yao et al., "Spike-driven Transformer 
 shortcut, neurons before every product).
 
 The neurons come from :func:`snn.neurons.build_neuron`, so the same architecture runs on SpikingJelly (default)
-or snnTorch (``engine="snntorch"``) neurons.
+or snnTorch (``engine="snntorch"``) neurons, or this project's ``fused`` engine.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from snn.models.blocks import SpikeDrivenBlock
 from snn.neurons import Engine, NeuronSpec, build_neuron, check_time_layout
 
 __all__ = ["SpikformerConfig", "Spikformer"]
@@ -72,46 +67,6 @@ class SpikformerConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
-class _SeqBN(nn.Module):
-    """BatchNorm over the last dim of a (T, B, ..., D) tensor (statistics over everything else)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.bn = nn.BatchNorm1d(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(x.reshape(-1, x.shape[-1])).view_as(x)
-
-
-class _Block(nn.Module):
-    def __init__(self, cfg: SpikformerConfig) -> None:
-        super().__init__()
-        D, h = cfg.dim, cfg.heads
-        neuron = lambda spec=cfg.neuron: build_neuron(spec, engine=cfg.engine)  # noqa: E731
-        self.heads, self.scale = h, 1.0 / math.sqrt(D // h)
-        self.in_lif, self.mlp_lif, self.hid_lif = neuron(), neuron(), neuron()
-        self.qkv = nn.Linear(D, 3 * D, bias=False)
-        self.qkv_bn = _SeqBN(3 * D)
-        self.q_lif, self.k_lif, self.v_lif = neuron(), neuron(), neuron()
-        self.attn_lif = neuron(replace(cfg.neuron, v_threshold=cfg.attn_threshold, v_reset=0.0))
-        self.proj, self.proj_bn = nn.Linear(D, D), _SeqBN(D)
-        self.fc1, self.fc1_bn = nn.Linear(D, cfg.mlp_ratio * D), _SeqBN(cfg.mlp_ratio * D)
-        self.fc2, self.fc2_bn = nn.Linear(cfg.mlp_ratio * D, D), _SeqBN(D)
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:  # (T, B, N, D) -> (T, B, N, D)
-        T, B, N, D = u.shape
-        h, d = self.heads, D // self.heads
-        s = self.in_lif(u)
-        q, k, v = self.qkv_bn(self.qkv(s)).chunk(3, dim=-1)  # 3 x (T, B, N, D)
-        q, k, v = (lif(x).view(T, B, N, h, d).transpose(2, 3) for lif, x in ((self.q_lif, q), (self.k_lif, k), (self.v_lif, v)))
-        kv = k.transpose(-2, -1) @ v  # (T, B, h, d, N) x (T, B, h, N, d) -> (T, B, h, d, d)
-        a = (q @ kv) * self.scale  # (T, B, h, N, d) x (T, B, h, d, d) -> (T, B, h, N, d)
-        a = self.attn_lif(a.transpose(2, 3).reshape(T, B, N, D))
-        u = u + self.proj_bn(self.proj(a))
-        hid = self.hid_lif(self.fc1_bn(self.fc1(self.mlp_lif(u))))
-        return u + self.fc2_bn(self.fc2(hid))
-
-
 class Spikformer(nn.Module):
     """The spiking ViT of the module docstring; ``forward`` takes images (B, C, H, W) and returns logits (B, K)."""
 
@@ -125,7 +80,9 @@ class Spikformer(nn.Module):
         self.patch = nn.Conv2d(D, D, cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.patch_bn = nn.BatchNorm2d(D)
         self.pos = nn.Parameter(torch.zeros(1, 1, cfg.tokens, D))
-        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            SpikeDrivenBlock(dim=D, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, neuron=cfg.neuron,
+                             attn_threshold=cfg.attn_threshold, engine=cfg.engine, causal=False) for _ in range(cfg.depth))
         self.head_lif = build_neuron(cfg.neuron, engine=cfg.engine)
         self.head = nn.Linear(D, cfg.num_classes)
 

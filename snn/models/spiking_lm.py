@@ -3,11 +3,8 @@ r"""A spiking decoder language model (spike-driven transformer blocks with causa
 Dimension letters: T timesteps, B batch, N sequence length, D width, h heads, d = D / h, V vocabulary.
 
     tokens (B, N) -> embedding (B, N, D) + learned positions -> direct encoding over T -> u (T, B, N, D)
-    L blocks with a membrane shortcut (as :mod:`snn.models.spikformer`, every product takes spikes):
-        s = LIF(u);  q, k, v = LIF(BN(s W_q)), LIF(BN(s W_k)), LIF(BN(s W_v))            (binary, (T, B, h, N, d))
-        causal spike-driven attention without softmax:  a = ((q k^T) * M) v * scale,  M[n, m] = 1 if m <= n
-            (the quadratic order, O(N^2 d): the causal mask has to act on q k^T; spike counts, no exponentials)
-        u = u + BN(LIF_a(a) W_o);   u = u + BN(LIF(BN(LIF(u) W_1)) W_2)
+    L causal spike-driven blocks (:mod:`snn.models.blocks`: membrane shortcut, attention ((q k^T) * M) v on
+    spikes without softmax, M the causal mask, spiking MLP)
     head: LIF(u) W_out -> logits (T, B, N, V), averaged over T.
 
 In the spirit of SpikeGPT (R.-J. Zhu et al., TMLR 2024) and the spike-driven transformer (M. Yao et al., NeurIPS
@@ -17,13 +14,12 @@ bits per byte). Causality is exact: logits at position n depend on tokens 0..n o
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from snn.models.spikformer import _SeqBN
+from snn.models.blocks import SpikeDrivenBlock
 from snn.neurons import Engine, NeuronSpec, build_neuron
 
 __all__ = ["SpikingLMConfig", "SpikingLM"]
@@ -56,32 +52,6 @@ class SpikingLMConfig:
         object.__setattr__(self, "engine", Engine(self.engine))
 
 
-class _CausalBlock(nn.Module):
-    def __init__(self, cfg: SpikingLMConfig) -> None:
-        super().__init__()
-        D = cfg.dim
-        neuron = lambda spec=cfg.neuron: build_neuron(spec, engine=cfg.engine)  # noqa: E731
-        self.heads, self.scale = cfg.heads, 1.0 / math.sqrt(D // cfg.heads)
-        self.in_lif, self.mlp_lif, self.hid_lif = neuron(), neuron(), neuron()
-        self.qkv, self.qkv_bn = nn.Linear(D, 3 * D, bias=False), _SeqBN(3 * D)
-        self.q_lif, self.k_lif, self.v_lif = neuron(), neuron(), neuron()
-        self.attn_lif = neuron(replace(cfg.neuron, v_threshold=cfg.attn_threshold, v_reset=0.0))
-        self.proj, self.proj_bn = nn.Linear(D, D), _SeqBN(D)
-        self.fc1, self.fc1_bn = nn.Linear(D, cfg.mlp_ratio * D), _SeqBN(cfg.mlp_ratio * D)
-        self.fc2, self.fc2_bn = nn.Linear(cfg.mlp_ratio * D, D), _SeqBN(D)
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:  # (T, B, N, D) -> (T, B, N, D)
-        T, B, N, D = u.shape
-        h, d = self.heads, D // self.heads
-        q, k, v = self.qkv_bn(self.qkv(self.in_lif(u))).chunk(3, dim=-1)
-        q, k, v = (lif(x).view(T, B, N, h, d).transpose(2, 3) for lif, x in ((self.q_lif, q), (self.k_lif, k), (self.v_lif, v)))
-        mask = torch.ones(N, N, dtype=torch.bool, device=u.device).tril()
-        scores = (q @ k.transpose(-2, -1)).masked_fill(~mask, 0.0)  # (T, B, h, N, d) x (T, B, h, d, N) -> (T, B, h, N, N)
-        a = (scores @ v) * self.scale  # (T, B, h, N, N) x (T, B, h, N, d) -> (T, B, h, N, d)
-        u = u + self.proj_bn(self.proj(self.attn_lif(a.transpose(2, 3).reshape(T, B, N, D))))
-        return u + self.fc2_bn(self.fc2(self.hid_lif(self.fc1_bn(self.fc1(self.mlp_lif(u))))))
-
-
 class SpikingLM(nn.Module):
     """The spiking decoder of the module docstring: ``forward(tokens (B, N)) -> logits (B, N, V)``."""
 
@@ -90,7 +60,9 @@ class SpikingLM(nn.Module):
         cfg = self.config = config or SpikingLMConfig()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.pos = nn.Parameter(torch.zeros(cfg.max_positions, cfg.dim))
-        self.blocks = nn.ModuleList(_CausalBlock(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            SpikeDrivenBlock(dim=cfg.dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, neuron=cfg.neuron,
+                             attn_threshold=cfg.attn_threshold, engine=cfg.engine, causal=True) for _ in range(cfg.depth))
         self.head_lif = build_neuron(cfg.neuron, engine=cfg.engine)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size)
 
