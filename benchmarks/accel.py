@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import Stopwatch, Target, add_common_args, format_table, format_targets, machine_info, versions, write_results
+from benchmarks.common import (Stopwatch, Target, add_common_args, format_table, format_targets, machine_info, save_figure,
+                               versions, write_results)
 
 __all__ = ["main"]
 
@@ -166,7 +167,7 @@ def plot_dse(report: dict, path: Path) -> None:
     ax.set_title(f"DSE for {report['workload']}: {report['n_evals']} evaluations per strategy (hollow: over budget)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def summary_row(name: str, preset: str, s: dict) -> list:
@@ -215,7 +216,7 @@ def plot_layers(cost, path: Path) -> None:
     ax.tick_params(axis="x", labelrotation=45)
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_energy(rows: list[list], path: Path) -> None:
@@ -240,17 +241,7 @@ def plot_energy(rows: list[list], path: Path) -> None:
     ax.tick_params(axis="x", labelsize=7, labelrotation=60)
     ax.legend(loc="lower right", framealpha=0.9)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

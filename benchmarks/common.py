@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from tasks.io import atomic_write_json, atomic_write_text
+from tasks.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-__all__ = ["PROFILES", "add_common_args", "machine_info", "versions", "Target", "format_table", "format_targets", "write_results", "Stopwatch"]
+__all__ = ["PROFILES", "add_common_args", "machine_info", "versions", "Target", "format_table", "format_targets", "write_results", "save_figure", "Stopwatch"]
 
 PROFILES = ("quick", "full")
 
@@ -102,6 +102,18 @@ def write_results(out_dir: Path, name: str, payload: dict, *, markdown: str | No
     if markdown is not None:
         atomic_write_text(Path(out_dir) / f"{name}.md", markdown)
     return path
+
+
+def save_figure(fig, path: Path, *, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as PNG atomically (rendered in memory, then one atomic write) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write_bytes(Path(path), buf.getvalue())
 
 
 class Stopwatch:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Stopwatch, Target, add_common_args, format_table, format_targets, machine_info, versions, write_results
+from benchmarks.common import (Stopwatch, Target, add_common_args, format_table, format_targets, machine_info, save_figure,
+                               versions, write_results)
 
 TRACKS = ("ann", "snn")
 COLUMNS = ("track", "variant", "task", "accuracy", "params", "macs", "sops", "timesteps", "firing_rate",
@@ -195,11 +196,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax2.tick_params(axis="x", labelrotation=45, labelsize=7)
     ax2.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -103,7 +103,8 @@ def _ann_byte_lm(params_target: int, seq: int) -> torch.nn.Module:
                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
                                             max_position_embeddings=2 * seq, tie_word_embeddings=False))
 
-    sizes = {h: sum(p.numel() for p in build(h).parameters()) for h in range(32, 257, 16)}
+    with torch.device("meta"):  # shapes only: no memory, no initialization
+        sizes = {h: sum(p.numel() for p in build(h).parameters()) for h in range(32, 257, 16)}
     model = build(min(sizes, key=lambda h: abs(sizes[h] - params_target)))
 
     class Tokens(torch.nn.Module):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ann.vqa_baseline import VQABaselineConfig, predict_vqa, train_vqa_baseline
-from benchmarks.common import Stopwatch, Target, add_common_args, format_table, format_targets, machine_info, versions, write_results
-from tasks.io import atomic_write_bytes
+from benchmarks.common import (Stopwatch, Target, add_common_args, format_table, format_targets, machine_info, save_figure,
+                               versions, write_results)
 from tasks.synthmed import (ANSWER_VOCAB, QuestionType, SynthMedConfig, SynthMedSplit, blind_baseline, decode_answer,
                             load_synthmed)
 
@@ -82,10 +81,7 @@ def save_examples(path: Path, split: SynthMedSplit, pred: np.ndarray, *, n: int 
         ax.axis("off")
     fig.suptitle("SynthMed-VQA (synthetic images, not patient data)", fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -108,6 +108,12 @@ class SearchResult:
         return d
 
 
+def _best(trials: Sequence[Trial]) -> Trial | None:
+    """The feasible trial with the lowest objective (None when nothing fits the budget)."""
+    ok = [t for t in trials if t.feasible]
+    return min(ok, key=lambda t: t.objective) if ok else None
+
+
 class Ledger:
     """The designs one search evaluated: counts cost_fn calls, serves repeated designs from its cache."""
 
@@ -134,8 +140,7 @@ class Ledger:
         return "new", trial, None
 
     def best(self) -> Trial | None:
-        ok = [t for t in self.trials if t.feasible]
-        return min(ok, key=lambda t: t.objective) if ok else None
+        return _best(self.trials)
 
     def result(self, strategy: str, t0: float, *, proposals: int | None = None, invalid: int | None = None,
                duplicates: int | None = None, details: dict | None = None) -> SearchResult:
@@ -148,7 +153,7 @@ class Ledger:
 def _result(strategy: str, trials: Sequence[Trial], t0: float, *, proposals: int, invalid: int, duplicates: int,
             details: dict) -> SearchResult:
     ok = [t for t in trials if t.feasible]
-    best = min(ok, key=lambda t: t.objective) if ok else None
+    best = _best(trials)
     measured = [t for t in trials if t.violation is not None]
     closest = None if best or not measured else min(measured, key=lambda t: t.violation)
     if best:

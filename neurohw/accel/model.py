@@ -53,7 +53,7 @@ from neurohw.accel.units import unit_cycles, unit_energy_pj, unit_for
 from neurohw.constants import ARITH_PJ, DRAM_PJ_PER_64B
 from neurohw.workload import Numeric, Op, OpKind, Workload
 
-__all__ = ["OpCost", "WorkloadCost", "map_workload", "map_op", "energy_table", "weight_bytes", "workload_cost_fn"]
+__all__ = ["OpCost", "WorkloadCost", "map_workload", "map_op", "energy_table", "workload_cost_fn"]
 
 
 @dataclass(frozen=True)
@@ -327,19 +327,11 @@ def map_op(cfg: AcceleratorConfig, op: Op, *, attention: AttentionMode | str = A
     return mapper(cfg, op, fuse, weights_resident)
 
 
-def weight_bytes(workload: Workload) -> float:
-    """Bytes of all weights of the workload at their bit widths (each module's parameters once)."""
-    per_name: dict[str, float] = {}
-    for op in workload.ops:
-        per_name[op.name] = max(per_name.get(op.name, 0.0), op.params * op.weight_bits / 8)
-    return sum(per_name.values())
-
-
 def map_workload(cfg: AcceleratorConfig, workload: Workload, *, attention: AttentionMode | str = AttentionMode.FLASH,
                  fuse: bool = True) -> WorkloadCost:
     """Map every op of ``workload`` onto ``cfg`` (formulas in the module docstring)."""
     mode = AttentionMode(attention)
-    resident = weight_bytes(workload) <= cfg.weight_sram_kb * 1024
+    resident = workload.weight_bytes <= cfg.weight_sram_kb * 1024
     return WorkloadCost(model=workload.model, config=cfg, attention=mode.value, fuse=fuse, weights_resident=resident,
                         ops=tuple(map_op(cfg, op, attention=mode, fuse=fuse, weights_resident=resident) for op in workload.ops))
 

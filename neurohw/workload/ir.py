@@ -147,13 +147,22 @@ class Workload:
     ops: tuple[Op, ...]
     untraced: tuple[str, ...] = field(default=())
 
+    def _per_module(self, value) -> float:
+        """Sum of ``value(op)`` over modules, each counted once however often its op is called (max over its entries)."""
+        seen: dict[str, float] = {}
+        for op in self.ops:
+            seen[op.name] = max(seen.get(op.name, 0), value(op))
+        return sum(seen.values())
+
     @property
     def params(self) -> int:
         """Parameters of the traced modules (each weight counted once, however often its op is called)."""
-        seen: dict[str, int] = {}
-        for op in self.ops:
-            seen[op.name] = max(seen.get(op.name, 0), op.params)
-        return sum(seen.values())
+        return int(self._per_module(lambda op: op.params))
+
+    @property
+    def weight_bytes(self) -> float:
+        """Bytes of all weights at their bit widths (each module's parameters once)."""
+        return self._per_module(lambda op: op.params * op.weight_bits / 8)
 
     @property
     def macs(self) -> float:
