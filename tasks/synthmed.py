@@ -68,7 +68,7 @@ import numpy as np
 __all__ = [
     "SynthMedConfig", "Split", "QuestionType", "Lesion", "ImageMeta", "QuestionTemplate", "SynthMedSplit",
     "BlindBaselineResult", "QUESTION_TEMPLATES", "QUESTION_VOCAB", "ANSWER_VOCAB", "QUESTION_MAX_LEN",
-    "PAD_ID", "BOS_ID", "EOS_ID", "UNK_ID", "encode_question", "decode_question", "encode_answer",
+    "PAD_ID", "BOS_ID", "EOS_ID", "UNK_ID", "VQA_VOCAB", "VQA_SPECIAL_TOKENS", "VQA_IMAGE_TOKEN", "encode_question", "decode_question", "encode_answer",
     "decode_answer", "generate_synthmed", "load_synthmed", "blind_baseline", "accuracy_by_type", "make_report",
 ]
 
@@ -267,6 +267,13 @@ QUESTION_VOCAB: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>") + tuple(
     sorted({w for t in QUESTION_TEMPLATES for w in t.text.split()}))
 QUESTION_MAX_LEN: int = 2 + max(len(t.text.split()) for t in QUESTION_TEMPLATES)  # + <bos>, <eos>
 _WORD_ID: Mapping[str, int] = {w: i for i, w in enumerate(QUESTION_VOCAB)}
+# The generative models' word vocabulary (the ANN MFM's tokenizer and the spiking MFM share it, so token ids and
+# logits line up for distillation): specials incl. the visual placeholder, every question word, then every word of
+# an answer not already there (multi-word answers such as "upper left" are two tokens).
+VQA_IMAGE_TOKEN = "<image>"
+VQA_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>", VQA_IMAGE_TOKEN)
+VQA_VOCAB: tuple[str, ...] = VQA_SPECIAL_TOKENS + tuple(dict.fromkeys(
+    [w for w in QUESTION_VOCAB if w not in VQA_SPECIAL_TOKENS] + [w for a in ANSWER_VOCAB for w in a.split()]))
 _ANSWER_ID: Mapping[str, int] = {a: i for i, a in enumerate(ANSWER_VOCAB)}
 
 

@@ -26,8 +26,8 @@ from ann.checkpoint import save_pretrained_atomic
 from ann.finetune.lora import LoraSettings, add_lora, default_targets, merge_lora, trainable_fraction
 from ann.models.smollm2 import load_smollm2
 from ann.train.code import EvalProtocol, block_batch_fn, held_out_files, lm_loss, make_blocks, stdlib_token_stream
-from ann.train.dist import init_distributed
-from ann.train.loop import LoopConfig, train_loop
+from tasks.dist import init_distributed
+from tasks.training import LoopConfig, train_loop
 from tasks.code import CodeCorpusConfig
 from tasks.io import atomic_write_json
 

@@ -22,8 +22,8 @@ import numpy as np
 from ann.checkpoint import save_pretrained_atomic
 from ann.finetune.lora import LoraSettings, add_lora, merge_lora, trainable_fraction
 from ann.models.hf import ModelFamily, load_pretrained
-from ann.train.dist import init_distributed
-from ann.train.loop import LoopConfig, train_loop
+from tasks.dist import init_distributed
+from tasks.training import LoopConfig, train_loop
 from ann.train.vqa import VQAObjective, answer_accuracy, encode_vqa, evaluate_mfm, predict_answers, vqa_batch_fn
 from tasks.io import atomic_write_json
 from tasks.synthmed import SynthMedConfig, load_synthmed

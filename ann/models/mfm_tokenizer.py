@@ -11,32 +11,22 @@ there (multi-word answers such as "upper left" are two tokens). Prompt and targe
 
 from __future__ import annotations
 
-from functools import lru_cache
+from tasks.synthmed import VQA_IMAGE_TOKEN, VQA_SPECIAL_TOKENS, VQA_VOCAB
 
-from tasks.synthmed import ANSWER_VOCAB, QUESTION_VOCAB
+__all__ = ["SPECIAL_TOKENS", "IMAGE_TOKEN", "build_vqa_tokenizer"]
 
-__all__ = ["SPECIAL_TOKENS", "IMAGE_TOKEN", "vqa_vocab", "build_vqa_tokenizer"]
-
-IMAGE_TOKEN = "<image>"
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", IMAGE_TOKEN)
-
-
-@lru_cache(maxsize=1)
-def vqa_vocab() -> tuple[str, ...]:
-    words = [w for w in QUESTION_VOCAB if w not in SPECIAL_TOKENS]
-    for answer in ANSWER_VOCAB:
-        words += [w for w in answer.split() if w not in words]
-    return SPECIAL_TOKENS + tuple(words)
+IMAGE_TOKEN = VQA_IMAGE_TOKEN
+SPECIAL_TOKENS = VQA_SPECIAL_TOKENS
 
 
 def build_vqa_tokenizer():
-    """A :class:`transformers.PreTrainedTokenizerFast` (WordLevel, whitespace pre-tokenizer) over :func:`vqa_vocab`."""
+    """A :class:`transformers.PreTrainedTokenizerFast` (WordLevel, whitespace pre-tokenizer) over :data:`tasks.synthmed.VQA_VOCAB`."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import WhitespaceSplit
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(vqa_vocab())}
+    vocab = {w: i for i, w in enumerate(VQA_VOCAB)}
     core = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",

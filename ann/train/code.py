@@ -34,8 +34,8 @@ from ann.checkpoint import save_pretrained_atomic
 from ann.eval.lm import bits_per_byte
 from ann.models.code_lm import CODE_LM_PRESETS, build_code_lm, count_parameters
 from ann.models.smollm2 import cache_root, load_smollm2_tokenizer
-from ann.train.dist import DistInfo, init_distributed, shard
-from ann.train.loop import LoopConfig, train_loop
+from tasks.dist import DistInfo, init_distributed, shard
+from tasks.training import LoopConfig, train_loop
 from tasks.code import CodeCorpusConfig, CodeFile, load_stdlib_corpus
 from tasks.io import atomic_write_json, load_tensors, save_tensors
 
@@ -163,7 +163,7 @@ def make_blocks(stream: torch.Tensor, seq_len: int) -> torch.Tensor:
 
 
 def block_batch_fn(blocks: torch.Tensor, *, batch_size: int, seed: int) -> Callable[[int, int, int], dict]:
-    """``batch_fn(step, rank, world_size)`` for :func:`ann.train.loop.train_loop` (sampling rule in the module doc):
+    """``batch_fn(step, rank, world_size)`` for :func:`tasks.training.train_loop` (sampling rule in the module doc):
     this rank's share of the global batch of ``batch_size`` blocks, as ``{"input_ids": (B/world, T) long}``."""
     n = blocks.shape[0]
 

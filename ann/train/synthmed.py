@@ -22,8 +22,8 @@ import torch
 from ann.checkpoint import save_pretrained_atomic
 from ann.models.mfm import MFM_PRESETS, build_mfm
 from ann.models.mfm_tokenizer import IMAGE_TOKEN, build_vqa_tokenizer
-from ann.train.dist import init_distributed
-from ann.train.loop import LoopConfig, train_loop
+from tasks.dist import init_distributed
+from tasks.training import LoopConfig, train_loop
 from ann.train.vqa import VQAObjective, encode_vqa, evaluate_mfm, evaluate_probe, vqa_batch_fn
 from tasks.io import atomic_write_json
 from tasks.synthmed import SynthMedConfig, load_synthmed

@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer, LlavaForConditionalGeneration
 
 from ann.models.mfm import MFM_PRESETS, MFMConfig, MFMSpec, MergeProjector, build_mfm
-from ann.models.mfm_tokenizer import IMAGE_TOKEN, build_vqa_tokenizer, vqa_vocab
+from ann.models.mfm_tokenizer import IMAGE_TOKEN, build_vqa_tokenizer
 from ann.train.vqa import (VQAObjective, encode_vqa, evaluate_mfm, evaluate_probe, image_features, predict_answers,
                            vqa_batch_fn)
-from tasks.synthmed import ANSWER_VOCAB, SynthMedConfig, load_synthmed
+from tasks.synthmed import ANSWER_VOCAB, VQA_VOCAB, SynthMedConfig, load_synthmed
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_presets_are_one_family_small_below_large(tok):
     assert isinstance(large, LlavaForConditionalGeneration)
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert n(small) * 5 < n(large)
-    assert small.config.text_config.vocab_size == large.config.text_config.vocab_size == len(vqa_vocab())
+    assert small.config.text_config.vocab_size == large.config.text_config.vocab_size == len(VQA_VOCAB)
     assert large.num_visual_tokens == (64 // 8 // 2) ** 2
 
 

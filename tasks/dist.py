@@ -1,7 +1,7 @@
 """Distributed data parallel on CPU: the process group that ``torchrun`` sets up, with gloo.
 
 Every training entry point runs unchanged as one process or under
-``torchrun --nproc_per_node N -m ann.train ...``: :func:`init_distributed` reads the variables torchrun
+``torchrun --nproc_per_node N -m ann.train ...`` or ``-m snn.train ...``: :func:`init_distributed` reads the variables torchrun
 exports (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) and joins a gloo group when
 ``WORLD_SIZE > 1``; otherwise it does nothing and reports rank 0 of 1.
 """
@@ -38,7 +38,7 @@ def init_distributed() -> DistInfo:
         for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise RuntimeError(f"WORLD_SIZE={world} but {var} is not set: launch with torchrun, "
-                                   f"e.g. `torchrun --nproc_per_node {world} -m ann.train ...`")
+                                   f"e.g. `torchrun --nproc_per_node {world} -m ann.train ...` (or snn.train)")
         dist.init_process_group(backend="gloo")
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
 

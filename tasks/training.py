@@ -1,4 +1,5 @@
-"""One training loop for every ANN entry point: AdamW, warmup + cosine schedule, DDP, checkpoints, resume.
+"""One training loop for every entry point of both tracks (ANN and SNN): AdamW, warmup + cosine, DDP, checkpoints,
+resume.
 
 The data side is a pure function ``batch_fn(step, rank, world_size) -> batch`` (this rank's share of the
 global batch of ``step``), and dropout is re-seeded from ``(seed, step, rank)`` at every step. So a run's
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ann.train.dist import DistInfo, all_reduce_mean, barrier, init_distributed
+from tasks.dist import DistInfo, all_reduce_mean, barrier, init_distributed
 from tasks.io import atomic_write_json, load_tensors, read_json, save_tensors
 
 __all__ = ["LoopConfig", "LoopResult", "train_loop", "load_checkpoint_step", "CHECKPOINT_DIR"]
@@ -200,7 +201,7 @@ def train_loop(model: nn.Module, *, batch_fn: Callable[[int, int, int], Any],
 
     Args:
         batch_fn: ``(step, rank, world_size) -> batch``, this rank's share of step ``step``'s global batch
-            (see :func:`ann.train.dist.shard`); must depend on nothing else.
+            (see :func:`tasks.dist.shard`); must depend on nothing else.
         loss_fn: ``(model, batch) -> scalar`` mean loss; ``model`` is the DDP wrapper when distributed.
         out_dir: checkpoints go to ``out_dir/checkpoint`` (None: no checkpoints, no resume).
         evaluate: ``model -> {metric: value}``, run on rank 0 every ``eval_every`` steps and at the end.

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from ann.train.dist import DistInfo, shard
-from ann.train.loop import CHECKPOINT_DIR, LoopConfig, load_checkpoint_step, train_loop
+from tasks.dist import DistInfo, shard
+from tasks.training import CHECKPOINT_DIR, LoopConfig, load_checkpoint_step, train_loop
 from tasks.io import load_tensors
 
 REPO = Path(__file__).resolve().parents[2]
