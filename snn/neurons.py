@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from snn import _kernel
+
 __all__ = ["NeuronKind", "Engine", "NeuronSpec", "neuron_step", "neuron_multistep", "build_neuron", "ENGINES",
            "check_time_layout", "FusedNeuron"]
 
@@ -198,6 +200,19 @@ def _snntorch(spec: NeuronSpec) -> nn.Module:
     return _snntorch_class()(spec)
 
 
+def _kernel_ok(x: torch.Tensor) -> bool:
+    """The compiled kernel (:mod:`snn._kernel`) takes float32 CPU tensors; anything else runs the torch path."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and _kernel.kernel() is not None
+
+
+def _kernel_coefficients(k: torch.Tensor, spec: NeuronSpec) -> tuple[float, float, float]:
+    """(a, b, c) of H[t] = (X[t] b + c) + V[t-1] a, each rounded in float32 exactly as the torch path rounds it."""
+    if spec.kind is NeuronKind.IF:
+        return 1.0, 1.0, 0.0
+    k = k.detach().float()
+    return float(1 - k), (float(k) if spec.decay_input else 1.0), float(k * spec.rest)
+
+
 class _FusedBPTT(torch.autograd.Function):
     """The whole sequence of the equations in the module docstring as one autograd node (hand-written BPTT).
 
@@ -214,6 +229,13 @@ class _FusedBPTT(torch.autograd.Function):
     def forward(ctx, x_seq: torch.Tensor, k: torch.Tensor, spec: NeuronSpec) -> torch.Tensor:
         vr, th = spec.rest, spec.v_threshold
         lif = spec.kind is not NeuronKind.IF
+        ctx.spec, ctx.kernel = spec, _kernel_ok(x_seq)
+        if ctx.kernel:  # the same arithmetic in one compiled pass (snn._kernel); bit-identical spikes
+            x = x_seq.contiguous()
+            a, b, c = _kernel_coefficients(k, spec)
+            spikes, hs = _kernel.fused_forward(x, a, b, c, th, vr, spec.v_reset is not None)
+            ctx.save_for_backward(x, k, hs)
+            return spikes
         a = 1 - k if lif else 1.0
         # the input part of the charge for all timesteps at once: H[t] = a V[t-1] + drive[t]
         drive = (x_seq * k + k * vr if spec.decay_input else x_seq + k * vr) if lif else x_seq
@@ -228,15 +250,21 @@ class _FusedBPTT(torch.autograd.Function):
             v = h.masked_fill(fired, vr) if spec.v_reset is not None else h - th * fired.to(h.dtype)
         spikes = (hs >= th).to(x_seq.dtype)
         ctx.save_for_backward(x_seq, k, hs, vs, spikes)
-        ctx.spec = spec
         return spikes
 
     @staticmethod
     def backward(ctx, grad_s: torch.Tensor):
-        x_seq, k, hs, vs, spikes = ctx.saved_tensors
         spec = ctx.spec
         vr, th, alpha = spec.rest, spec.v_threshold, spec.surrogate_alpha
         lif = spec.kind is not NeuronKind.IF
+        if ctx.kernel:
+            x, k, hs = ctx.saved_tensors
+            a, b, _ = _kernel_coefficients(k, spec)
+            need_k = lif and k.requires_grad
+            grad_x, grad_k = _kernel.fused_backward(grad_s, hs, x, a, b, th, vr, alpha, spec.v_reset is not None,
+                                                    spec.detach_reset, need_k, spec.decay_input)
+            return grad_x, (torch.tensor(grad_k, dtype=k.dtype) if need_k else None), None
+        x_seq, k, hs, vs, spikes = ctx.saved_tensors
         a = 1 - k if lif else 1.0
         b = k if lif and spec.decay_input else 1.0
         g = (alpha / 2) / (1 + (math.pi / 2 * alpha * (hs - th)) ** 2)  # ATan surrogate, all timesteps at once

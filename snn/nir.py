@@ -53,7 +53,7 @@ def neuron_spec_of(module: nn.Module) -> NeuronSpec | None:
     common = dict(v_threshold=float(module.v_threshold), v_reset=None if module.v_reset is None else float(module.v_reset)) \
         if isinstance(module, neuron.BaseNode) else {}
     if isinstance(module, neuron.ParametricLIFNode):
-        return NeuronSpec(kind="lif", tau=1.0 / float(torch.sigmoid(module.w)), decay_input=module.decay_input, **common)
+        return NeuronSpec(kind="lif", tau=1.0 / float(torch.sigmoid(module.w.detach())), decay_input=module.decay_input, **common)
     if isinstance(module, neuron.LIFNode):
         return NeuronSpec(kind="lif", tau=float(module.tau), decay_input=module.decay_input, **common)
     if isinstance(module, neuron.IFNode):

@@ -57,6 +57,30 @@ def test_engines_agree_on_surrogate_gradients(spec):
     assert float(grads[Engine.SPIKINGJELLY].abs().sum()) > 0
 
 
+@pytest.mark.parametrize("spec", [*SPECS, *GRAD_SPECS], ids=lambda s: f"{s.kind.value}-{s.v_reset}-{s.decay_input}-{s.detach_reset}")
+def test_the_compiled_kernel_equals_the_torch_path_of_the_fused_engine(spec, monkeypatch):
+    import snn.neurons as neurons
+    from snn import _kernel
+
+    if _kernel.kernel() is None:
+        pytest.skip("no C compiler: the fused engine runs its torch path only")
+    torch.manual_seed(0)
+    x0 = torch.rand(6, 40, 1000) * 1.2  # 40 000 elements per step: split over threads
+    w = torch.rand(40, 1000)
+    out = {}
+    for use in (True, False):
+        monkeypatch.setattr(neurons, "_kernel_ok", lambda x, use=use: use)
+        node = build_neuron(spec, engine=Engine.FUSED)
+        x = x0.clone().requires_grad_(True)
+        s = node(x)
+        (s * w).sum().backward()
+        out[use] = (s, x.grad, getattr(node, "w", None) is not None and node.w.grad)
+    assert torch.equal(out[True][0], out[False][0])  # bit-identical spikes
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-5, atol=1e-6)
+    if spec.kind is NeuronKind.PLIF:
+        torch.testing.assert_close(out[True][2], out[False][2], rtol=1e-4, atol=1e-4)
+
+
 def _brian2_spike_steps(kind: str, current: np.ndarray, *, tau: float, v_th: float) -> list[int]:
     """Spike steps of one Brian2 neuron driven by ``current`` (one value per 1 ms step), Euler, reset to 0."""
     import brian2 as b2
