@@ -41,11 +41,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ann.train.dist import shard, DistInfo
+from tasks.dist import shard, DistInfo
 from tasks.synthmed import ANSWER_VOCAB, QUESTION_TEMPLATES, QuestionType, SynthMedSplit
 
 __all__ = ["VQATensors", "encode_vqa", "AnswerProbe", "VQAObjective", "image_features", "vqa_batch_fn", "predict_answers",
-           "evaluate_mfm", "evaluate_probe", "answer_accuracy"]
+           "evaluate_mfm", "evaluate_probe", "answer_accuracy", "answer_slot_logits"]
 
 _IGNORE = -100
 
@@ -235,6 +235,31 @@ def predict_answers(mfm: nn.Module, tokenizer, data: VQATensors, *, images_per_b
         for i, n in enumerate(samples.tolist()):
             out[n] = tokenizer.decode(gen[i]) if done[i] else tokenizer.decode(gen[i]) + " <no-eos>"
     return [o if o is not None else "" for o in out]
+
+
+@torch.no_grad()
+def answer_slot_logits(mfm: nn.Module, data: VQATensors, *, images_per_batch: int = 128) -> torch.Tensor:
+    """Teacher-forced logits of every target slot (answer words, then ``<eos>``): (N, R, vocab), R = the longest
+    answer in words + 1, zeros past a sample's last slot. Slot j of sample n is predicted at position
+    ``L - r_n - 1 + j`` (targets end every left-padded row). This is what a student with the same word vocabulary
+    (e.g. the spiking MFM, :mod:`snn.vqa`) distils from."""
+    mfm.eval()
+    R = max(len(a.split()) for a in ANSWER_VOCAB) + 1
+    N, L = data.input_ids.shape
+    out = torch.zeros(N, R, mfm.config.text_config.vocab_size)
+    M, q = data.by_image.shape
+    for s in range(0, M, images_per_batch):
+        imgs = np.arange(s, min(M, s + images_per_batch))
+        samples = torch.from_numpy(data.by_image[imgs].reshape(-1))
+        feats = image_features(mfm, data.images[torch.from_numpy(imgs)]).repeat_interleave(q, dim=0)
+        mask = data.attention_mask[samples]
+        logits = mfm(inputs_embeds=_embed(mfm, data.input_ids[samples], feats), attention_mask=mask,
+                     position_ids=_positions(mask)).logits  # (n, L, vocab)
+        r = (data.labels[samples] != _IGNORE).sum(1)  # (n,)
+        for j in range(R):
+            ok = j < r
+            out[samples[ok], j] = logits[ok, L - r[ok] - 1 + j]
+    return out
 
 
 def evaluate_mfm(mfm: nn.Module, tokenizer, data: VQATensors, split: SynthMedSplit, **kw) -> dict[str, float]:

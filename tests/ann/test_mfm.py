@@ -116,6 +116,25 @@ def test_objective_matches_hf_forward_with_pixel_values(tok, split):
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_answer_slot_logits_are_the_teacher_forced_predictions_of_the_targets_and_line_up_with_the_spiking_mfm(tok, split):
+    from ann.train.vqa import answer_slot_logits
+    from snn.vqa import IGNORE, encode_spiking_vqa  # the student's encoding of the same split (test-only import)
+
+    model = _build(tok)
+    data = encode_vqa(split, tok, model.num_visual_tokens)
+    slots = answer_slot_logits(model, data, images_per_batch=3)
+    student = encode_spiking_vqa(split)
+    assert slots.shape == (len(split), student.target_ids.shape[1], len(tok))
+    valid = student.target_ids != IGNORE
+    # the same words in the same slots: the summed CE over the slots is the objective's loss
+    ce = torch.nn.functional.cross_entropy(slots[valid], student.target_ids[valid], reduction="sum") / len(split)
+    b = vqa_batch_fn(data, images_per_batch=len(split.images), seed=0)(0, 0, 1)
+    with torch.no_grad():
+        ref = VQAObjective(model.eval())(**b)
+    torch.testing.assert_close(ce, ref, atol=1e-4, rtol=1e-4)
+    assert bool((slots[~valid] == 0).all())
+
+
 def test_answer_probe_adds_a_loss_on_every_template_and_trains_the_vision_tower(tok, split):
     model = _build(tok)
     data = encode_vqa(split, tok, model.num_visual_tokens)
@@ -187,7 +206,7 @@ def test_small_mfm_learns_a_tiny_split(tok):
 
 def test_mfm_training_resumes_exactly_after_an_interruption(tok, split, tmp_path):
     """HF models carry non-persistent buffers (rotary inv_freq): the checkpoint must still round-trip."""
-    from ann.train.loop import LoopConfig, train_loop
+    from tasks.training import LoopConfig, train_loop
 
     data = encode_vqa(split, tok, _build(tok).num_visual_tokens)
     batch_fn = vqa_batch_fn(data, images_per_batch=4, seed=0)
