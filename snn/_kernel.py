@@ -1,9 +1,9 @@
 r"""A compiled CPU kernel for the fused neuron engine: the whole recurrence over T in one pass over memory.
 
 The Python path of :class:`snn.neurons.FusedNeuron` runs about eight elementwise tensor operations per timestep,
-each a full pass over (B, ...) that allocates its result. This kernel does one read of X and one write of S and H
-per element and timestep, forward and backward, with the membrane in a small on-stack block that stays in L1;
-the inner loop over a block of elements is branch-free, so the compiler vectorizes it.
+each a full pass over (B, ...) that allocates its result. This kernel does one read of X and one write of S per
+element and timestep (backward: reads of X and dL/dS, one write of dL/dX), with the membrane in a small on-stack
+block that stays in L1; the inner loops over a block of elements are branch-free, so the compiler vectorizes them.
 
 Forward, per element, with H[t] = (X[t] b + c) + V[t-1] a (a, b, c as in :class:`snn.neurons._FusedBPTT`; the
 operations and their order are those of the Python path, and ``-ffp-contract=off`` keeps the compiler from
@@ -11,11 +11,16 @@ fusing them, so spikes are bit-identical):
 
     S[t] = H[t] >= V_th;   V[t] = S[t] ? V_r : H[t]  (hard)   or   H[t] - V_th S[t]  (soft)
 
-Backward: the recurrence of :class:`snn.neurons._FusedBPTT`, with V[t-1] recomputed from H[t-1].
+Backward: H is recomputed from X block by block (the forward recurrence again, in registers and L1), then the
+reverse recurrence of :class:`snn.neurons._FusedBPTT` runs over it; so the forward pass writes only S and the
+autograd graph keeps only X (no (T, ...) tensor of charges). Inputs are read in place when their last dimension
+is contiguous (e.g. the q / k / v chunks of one projection), with no copy.
 
-The C source is compiled once per machine with the system C compiler (``cc -O3``; about a second) into
+The C source is compiled once per machine with the system C compiler (``cc -O3 -march=native -fopenmp``; about a
+second; without OpenMP if that fails) into
 ``~/.cache/neuromfm/kernels/`` (``NEUROMFM_KERNEL_DIR`` overrides), keyed by a hash of the source, and called
-through ctypes, which releases the GIL, so the element range is split over ``torch.get_num_threads()`` threads.
+through ctypes. Blocks run in parallel with OpenMP: the library links ``libgomp.so.1``, which resolves to the copy
+torch has already loaded, so the kernel shares torch's thread pool (two pools would spin against each other).
 Without a compiler, :func:`kernel` returns None and the engine keeps its Python path (one warning).
 """
 
@@ -24,13 +29,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import math
 import os
 import shutil
 import subprocess
 import tempfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -39,75 +42,119 @@ __all__ = ["kernel", "fused_forward", "fused_backward"]
 
 _SOURCE = r"""
 #include <stdint.h>
+#include <stdlib.h>
 #include <math.h>
 #define BLK 512
 
-void lif_forward(const float* x, float* s, float* hs, int64_t T, int64_t M, int64_t begin, int64_t end,
+/* x[t] is an (R, C) matrix with row stride sR and unit column stride, x[t + 1] starts sT floats later; the
+   outputs are contiguous (T, R, C). Work is split in blocks of up to BLK columns of one row. */
+
+static inline float charge(float x, float v, float a, float b, float c) {
+    float drive = x * b;
+    drive = drive + c;
+    float vh = v * a;
+    return drive + vh;
+}
+
+static inline float reset(float h, float f, float th, float vr, int hard) {
+    float thf = th * f;
+    return hard ? (f != 0.0f ? vr : h) : h - thf;
+}
+
+void lif_forward(const float* x, int64_t sT, int64_t sR, float* s, int64_t T, int64_t R, int64_t C,
                  float a, float b, float c, float th, float vr, int hard) {
-    float v[BLK];
-    for (int64_t m0 = begin; m0 < end; m0 += BLK) {
-        int64_t n = end - m0 < BLK ? end - m0 : BLK;
+    int64_t nbc = (C + BLK - 1) / BLK, nblk = R * nbc, M = R * C;
+    #pragma omp parallel for schedule(static) if (nblk * BLK >= 32768)
+    for (int64_t blk = 0; blk < nblk; blk++) {
+        float v[BLK];
+        int64_t r = blk / nbc, c0 = (blk % nbc) * BLK;
+        int64_t n = C - c0 < BLK ? C - c0 : BLK;
         for (int64_t i = 0; i < n; i++) v[i] = vr;
         for (int64_t t = 0; t < T; t++) {
-            const float* xt = x + t * M + m0;
-            float* st = s + t * M + m0;
-            float* ht = hs + t * M + m0;
+            const float* xt = x + t * sT + r * sR + c0;
+            float* st = s + t * M + r * C + c0;
             for (int64_t i = 0; i < n; i++) {
-                float drive = xt[i] * b;
-                drive = drive + c;
-                float vh = v[i] * a;
-                float h = drive + vh;
+                float h = charge(xt[i], v[i], a, b, c);
                 float f = h >= th ? 1.0f : 0.0f;
-                ht[i] = h;
                 st[i] = f;
-                float thf = th * f;
-                v[i] = hard ? (f != 0.0f ? vr : h) : h - thf;
+                v[i] = reset(h, f, th, vr, hard);
             }
         }
     }
 }
 
-double lif_backward(const float* gs, const float* hs, const float* x, float* gx, int64_t T, int64_t M,
-                    int64_t begin, int64_t end, float a, float b, float th, float vr, float alpha, int hard,
-                    int detach, int need_k, int decay) {
-    float dv[BLK];
-    double gk = 0.0;
+/* Backward: H is recomputed block by block (the forward recurrence, bit-identical), then the reverse recurrence
+   of snn.neurons._FusedBPTT runs over it. gs and gx are contiguous (T, R, C). */
+double lif_backward(const float* gs, const float* x, int64_t sT, int64_t sR, float* gx, int64_t T, int64_t R,
+                    int64_t C, float a, float b, float c, float th, float vr, float alpha, int hard, int detach,
+                    int need_k, int decay) {
+    int64_t nbc = (C + BLK - 1) / BLK, nblk = R * nbc, M = R * C;
     const float pa = 1.5707963267948966f * alpha, half = alpha / 2.0f;
-    for (int64_t m0 = begin; m0 < end; m0 += BLK) {
-        int64_t n = end - m0 < BLK ? end - m0 : BLK;
-        for (int64_t i = 0; i < n; i++) dv[i] = 0.0f;
-        for (int64_t t = T - 1; t >= 0; t--) {
-            const float* gt = gs + t * M + m0;
-            const float* ht = hs + t * M + m0;
-            const float* hp = hs + (t - 1) * M + m0;
-            const float* xt = x + t * M + m0;
-            float* ot = gx + t * M + m0;
-            float acc = 0.0f;
-            for (int64_t i = 0; i < n; i++) {
-                float h = ht[i];
-                float f = h >= th ? 1.0f : 0.0f;
-                float z = pa * (h - th);
-                float g = half / (1.0f + z * z);
-                float dvdh = hard ? (detach ? 1.0f - f : (1.0f - f) + (vr - h) * g)
-                                  : (detach ? 1.0f : 1.0f - th * g);
-                float dh = gt[i] * g + dv[i] * dvdh;
-                ot[i] = dh * b;
-                dv[i] = dh * a;
-                if (need_k) {
-                    float vp = vr;
-                    if (t > 0) {
-                        float hp_ = hp[i];
-                        float fp = hp_ >= th ? 1.0f : 0.0f;
-                        vp = hard ? (fp != 0.0f ? vr : hp_) : hp_ - th * fp;
-                    }
-                    float dr = decay ? xt[i] - (vp - vr) : -(vp - vr);
-                    acc += dh * dr;
+    double gk = 0.0;
+    int failed = 0;
+    #pragma omp parallel if (nblk * BLK >= 32768) reduction(+:gk) reduction(|:failed)
+    {
+        float* hb = (float*) malloc(sizeof(float) * (size_t) (T * BLK));
+        if (hb == NULL) failed = 1;
+        #pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            if (hb == NULL) continue;
+            float v[BLK], dv[BLK];
+            int64_t r = blk / nbc, c0 = (blk % nbc) * BLK;
+            int64_t n = C - c0 < BLK ? C - c0 : BLK;
+            for (int64_t i = 0; i < n; i++) { v[i] = vr; dv[i] = 0.0f; }
+            for (int64_t t = 0; t < T; t++) {
+                const float* xt = x + t * sT + r * sR + c0;
+                float* ht = hb + t * BLK;
+                for (int64_t i = 0; i < n; i++) {
+                    float h = charge(xt[i], v[i], a, b, c);
+                    float f = h >= th ? 1.0f : 0.0f;
+                    ht[i] = h;
+                    v[i] = reset(h, f, th, vr, hard);
                 }
             }
-            gk += acc;
+            float kacc[BLK];
+            for (int64_t i = 0; i < n; i++) kacc[i] = 0.0f;
+            for (int64_t t = T - 1; t >= 0; t--) {
+                const float* gt = gs + t * M + r * C + c0;
+                const float* ht = hb + t * BLK;
+                float* ot = gx + t * M + r * C + c0;
+                /* branch-free and with no cross-lane reduction: vectorized */
+                for (int64_t i = 0; i < n; i++) {
+                    float h = ht[i];
+                    float f = h >= th ? 1.0f : 0.0f;
+                    float z = pa * (h - th);
+                    float g = half / (1.0f + z * z);
+                    float dvdh = hard ? (detach ? 1.0f - f : (1.0f - f) + (vr - h) * g)
+                                      : (detach ? 1.0f : 1.0f - th * g);
+                    float dh = gt[i] * g + dv[i] * dvdh;
+                    dv[i] = dh * a;
+                    ot[i] = dh;  /* dL/dH for now; times b below */
+                }
+                if (need_k) {  /* dL/dk: per-lane sums of dH (X - (V[t-1] - V_r)) or -dH (V[t-1] - V_r) */
+                    const float* xt = x + t * sT + r * sR + c0;
+                    const float* hp = hb + (t - 1) * BLK;
+                    for (int64_t i = 0; i < n; i++) {
+                        float vp = vr;
+                        if (t > 0) {
+                            float fp = hp[i] >= th ? 1.0f : 0.0f;
+                            vp = reset(hp[i], fp, th, vr, hard);
+                        }
+                        float dr = decay ? xt[i] - (vp - vr) : -(vp - vr);
+                        kacc[i] += ot[i] * dr;
+                    }
+                }
+                for (int64_t i = 0; i < n; i++) ot[i] = ot[i] * b;
+            }
+            if (need_k) {
+                double acc = 0.0;
+                for (int64_t i = 0; i < n; i++) acc += kacc[i];
+                gk += acc;
+            }
         }
+        free(hb);
     }
-    return gk;
+    return failed ? NAN : gk;
 }
 """
 
@@ -136,8 +183,13 @@ def kernel() -> ctypes.CDLL | None:
             with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
                 src, out = Path(tmp) / "k.c", Path(tmp) / "k.so"
                 src.write_text(_SOURCE)
-                subprocess.run([cc, "-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",
-                                str(src), "-o", str(out)], check=True, capture_output=True, text=True, timeout=120)
+                base = [cc, "-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared"]
+                try:
+                    subprocess.run([*base, "-fopenmp", str(src), "-o", str(out)], check=True, capture_output=True,
+                                   text=True, timeout=120)
+                except subprocess.CalledProcessError:  # no OpenMP: the same kernel, one thread
+                    subprocess.run([*base, str(src), "-o", str(out)], check=True, capture_output=True, text=True,
+                                   timeout=120)
                 os.replace(out, lib)  # atomic: concurrent processes never load a half-written library
         dll = ctypes.CDLL(str(lib))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
@@ -145,46 +197,45 @@ def kernel() -> ctypes.CDLL | None:
         warnings.warn(f"snn: the fused neuron kernel is unavailable ({detail}); the fused engine runs its slower "
                       "pure-torch path", RuntimeWarning, stacklevel=2)
         return None
-    dll.lif_forward.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _F, _F, _F, _INT]
+    dll.lif_forward.argtypes = [_P, _I64, _I64, _P, _I64, _I64, _I64, _F, _F, _F, _F, _F, _INT]
     dll.lif_forward.restype = None
-    dll.lif_backward.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _F, _F, _F, _INT, _INT, _INT, _INT]
+    dll.lif_backward.argtypes = [_P, _P, _I64, _I64, _P, _I64, _I64, _I64, _F, _F, _F, _F, _F, _F, _INT, _INT, _INT, _INT]
     dll.lif_backward.restype = ctypes.c_double
     return dll
 
 
-@functools.cache
-def _pool(n: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="fused-neuron")
+def _layout(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int, int]:
+    """``x`` (T, ...) as the kernel's (T, R, C) with strides (sT, sR, 1): no copy when the last dimension has unit
+    stride and the others collapse to one row stride (a chunk of the last dimension, an expanded input), else a
+    contiguous copy."""
+    T = x.shape[0]
+    C = x.shape[-1] if x.dim() > 1 else 1
+    R = x[0].numel() // C
+    try:
+        rows = x.view(T, R, C)
+    except RuntimeError:  # the leading dimensions do not collapse into one stride
+        rows = x.contiguous().view(T, R, C)
+    if C > 1 and rows.stride(2) != 1:
+        rows = rows.contiguous()
+    return rows, rows.stride(0), rows.stride(1), R, C
 
 
-def _parallel(fn, M: int) -> list:
-    """Run ``fn(begin, end)`` over [0, M) split into one contiguous range per torch thread (ctypes drops the GIL)."""
-    n = max(1, min(torch.get_num_threads(), M // 16384))  # small layers: threads cost more than they save
-    if n == 1:
-        return [fn(0, M)]
-    step = -(-M // n)
-    return list(_pool(n).map(lambda i: fn(i * step, min(M, (i + 1) * step)), range(n)))
+def fused_forward(x: torch.Tensor, a: float, b: float, c: float, th: float, vr: float, hard: bool) -> torch.Tensor:
+    """Spikes S, contiguous, with the shape of ``x`` (T, ...) (float32, CPU)."""
+    rows, sT, sR, R, C = _layout(x)
+    s = torch.empty(x.shape, dtype=x.dtype)
+    kernel().lif_forward(rows.data_ptr(), sT, sR, s.data_ptr(), x.shape[0], R, C, a, b, c, th, vr, int(hard))
+    return s
 
 
-def fused_forward(x: torch.Tensor, a: float, b: float, c: float, th: float, vr: float, hard: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spikes and charges (S, H), both (T, ...) like ``x`` (float32, contiguous, CPU)."""
-    lib = kernel()
-    T, M = x.shape[0], x[0].numel()
-    s, hs = torch.empty_like(x), torch.empty_like(x)
-    _parallel(lambda i, j: lib.lif_forward(x.data_ptr(), s.data_ptr(), hs.data_ptr(), T, M, i, j, a, b, c, th, vr,
-                                           int(hard)), M)
-    return s, hs
-
-
-def fused_backward(grad_s: torch.Tensor, hs: torch.Tensor, x: torch.Tensor, a: float, b: float, th: float, vr: float,
+def fused_backward(grad_s: torch.Tensor, x: torch.Tensor, a: float, b: float, c: float, th: float, vr: float,
                    alpha: float, hard: bool, detach: bool, need_k: bool, decay: bool) -> tuple[torch.Tensor, float]:
     """(dL/dX, dL/dk) for the recurrence of :class:`snn.neurons._FusedBPTT` (dL/dk is 0.0 unless ``need_k``)."""
-    lib = kernel()
+    rows, sT, sR, R, C = _layout(x)
     grad_s = grad_s.contiguous()
-    T, M = x.shape[0], x[0].numel()
-    gx = torch.empty_like(x)
-    parts = _parallel(lambda i, j: lib.lif_backward(grad_s.data_ptr(), hs.data_ptr(), x.data_ptr(), gx.data_ptr(), T, M,
-                                                    i, j, a, b, th, vr, alpha, int(hard), int(detach), int(need_k),
-                                                    int(decay)), M)
-    return gx, math.fsum(parts)
+    gx = torch.empty(x.shape, dtype=x.dtype)
+    gk = kernel().lif_backward(grad_s.data_ptr(), rows.data_ptr(), sT, sR, gx.data_ptr(), x.shape[0], R, C, a, b, c, th,
+                               vr, alpha, int(hard), int(detach), int(need_k), int(decay))
+    if gk != gk:  # NaN: a thread could not allocate its block buffer
+        raise MemoryError("snn._kernel: out of memory for the backward pass's block buffer")
+    return gx, gk

@@ -202,7 +202,7 @@ def _snntorch(spec: NeuronSpec) -> nn.Module:
 
 def _kernel_ok(x: torch.Tensor) -> bool:
     """The compiled kernel (:mod:`snn._kernel`) takes float32 CPU tensors; anything else runs the torch path."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and _kernel.kernel() is not None
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() > 0 and _kernel.kernel() is not None
 
 
 def _kernel_coefficients(k: torch.Tensor, spec: NeuronSpec) -> tuple[float, float, float]:
@@ -231,11 +231,9 @@ class _FusedBPTT(torch.autograd.Function):
         lif = spec.kind is not NeuronKind.IF
         ctx.spec, ctx.kernel = spec, _kernel_ok(x_seq)
         if ctx.kernel:  # the same arithmetic in one compiled pass (snn._kernel); bit-identical spikes
-            x = x_seq.contiguous()
             a, b, c = _kernel_coefficients(k, spec)
-            spikes, hs = _kernel.fused_forward(x, a, b, c, th, vr, spec.v_reset is not None)
-            ctx.save_for_backward(x, k, hs)
-            return spikes
+            ctx.save_for_backward(x_seq, k)  # the backward pass recomputes the charges from the input
+            return _kernel.fused_forward(x_seq, a, b, c, th, vr, spec.v_reset is not None)
         a = 1 - k if lif else 1.0
         # the input part of the charge for all timesteps at once: H[t] = a V[t-1] + drive[t]
         drive = (x_seq * k + k * vr if spec.decay_input else x_seq + k * vr) if lif else x_seq
@@ -258,10 +256,10 @@ class _FusedBPTT(torch.autograd.Function):
         vr, th, alpha = spec.rest, spec.v_threshold, spec.surrogate_alpha
         lif = spec.kind is not NeuronKind.IF
         if ctx.kernel:
-            x, k, hs = ctx.saved_tensors
-            a, b, _ = _kernel_coefficients(k, spec)
+            x, k = ctx.saved_tensors
+            a, b, c = _kernel_coefficients(k, spec)
             need_k = lif and k.requires_grad
-            grad_x, grad_k = _kernel.fused_backward(grad_s, hs, x, a, b, th, vr, alpha, spec.v_reset is not None,
+            grad_x, grad_k = _kernel.fused_backward(grad_s, x, a, b, c, th, vr, alpha, spec.v_reset is not None,
                                                     spec.detach_reset, need_k, spec.decay_input)
             return grad_x, (torch.tensor(grad_k, dtype=k.dtype) if need_k else None), None
         x_seq, k, hs, vs, spikes = ctx.saved_tensors

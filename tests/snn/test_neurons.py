@@ -65,20 +65,24 @@ def test_the_compiled_kernel_equals_the_torch_path_of_the_fused_engine(spec, mon
     if _kernel.kernel() is None:
         pytest.skip("no C compiler: the fused engine runs its torch path only")
     torch.manual_seed(0)
-    x0 = torch.rand(6, 40, 1000) * 1.2  # 40 000 elements per step: split over threads
-    w = torch.rand(40, 1000)
-    out = {}
-    for use in (True, False):
-        monkeypatch.setattr(neurons, "_kernel_ok", lambda x, use=use: use)
-        node = build_neuron(spec, engine=Engine.FUSED)
-        x = x0.clone().requires_grad_(True)
-        s = node(x)
-        (s * w).sum().backward()
-        out[use] = (s, x.grad, getattr(node, "w", None) is not None and node.w.grad)
-    assert torch.equal(out[True][0], out[False][0])  # bit-identical spikes
-    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-5, atol=1e-6)
-    if spec.kind is NeuronKind.PLIF:
-        torch.testing.assert_close(out[True][2], out[False][2], rtol=1e-4, atol=1e-4)
+    base = torch.rand(6, 40, 3000) * 1.2  # 40 000 elements per step and layout: split over threads
+    layouts = {"contiguous": lambda b: b[..., :1000].contiguous(), "chunk of the last dim": lambda b: b[..., 1000:2000],
+               "expanded over T": lambda b: b[:1, :, :1000].expand(6, -1, -1),
+               "transposed": lambda b: b[..., :1000].transpose(1, 2)}
+    for layout, view in layouts.items():
+        out = {}
+        for use in (True, False):
+            monkeypatch.setattr(neurons, "_kernel_ok", lambda x, use=use: use)
+            node = build_neuron(spec, engine=Engine.FUSED)
+            leaf = base.clone().requires_grad_(True)
+            x = view(leaf)
+            s = node(x)
+            (s * torch.linspace(0, 1, s.shape[-1])).sum().backward()
+            out[use] = (s, leaf.grad, getattr(node, "w", None) is not None and node.w.grad)
+        assert torch.equal(out[True][0], out[False][0]), layout  # bit-identical spikes
+        torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-5, atol=1e-6, msg=layout)
+        if spec.kind is NeuronKind.PLIF:
+            torch.testing.assert_close(out[True][2], out[False][2], rtol=1e-4, atol=1e-4, msg=layout)
 
 
 def _brian2_spike_steps(kind: str, current: np.ndarray, *, tau: float, v_th: float) -> list[int]:
@@ -140,3 +144,19 @@ def test_bad_specs_and_inputs_are_refused():
         build_neuron(engine="snntorch")(torch.rand(5))
     with pytest.raises(ValueError, match=r"multi-step input"):
         neuron_multistep(NeuronSpec(), torch.rand(5))
+
+
+def test_without_a_compiler_the_fused_engine_warns_and_runs_its_torch_path(monkeypatch, tmp_path):
+    from snn import _kernel
+
+    monkeypatch.setenv("NEUROMFM_KERNEL_DIR", str(tmp_path))  # nothing compiled there yet
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    _kernel.kernel.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="kernel is unavailable"):
+            assert _kernel.kernel() is None
+        spec = NeuronSpec(kind="lif", tau=2.0)
+        x = torch.rand(8, 3, 5) * 1.5
+        assert torch.equal(_run(spec, Engine.FUSED, x), neuron_multistep(spec, x)[0])
+    finally:
+        _kernel.kernel.cache_clear()
