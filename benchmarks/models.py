@@ -114,18 +114,19 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _run_entry(name: str, entry: Entry, argv: list[str], cache_dir: Path, log: Callable[[str], None]) -> tuple[Path, dict, bool]:
-    """Run one entry point into its cache folder (or read the cached result); returns (folder, metrics, cached)."""
-    key = hashlib.sha256(json.dumps([entry.module, argv, code_fingerprint()]).encode()).hexdigest()[:12]
+def run_entry(name: str, module: str, argv: list[str], cache_dir: Path, log: Callable[[str], None]) -> tuple[Path, dict, bool]:
+    """Run the entry point ``module`` (``add_arguments(parser)`` + ``run(args)``) with ``argv`` into its cache folder
+    ``cache_dir/<name>-<key>`` (or read the cached result); returns (folder, metrics, cached)."""
+    key = hashlib.sha256(json.dumps([module, argv, code_fingerprint()]).encode()).hexdigest()[:12]
     out = cache_dir / f"{name}-{key}"
     if (out / "metrics.json").is_file():
         log(f"{name}: cached ({out})")
         return out, read_json(out / "metrics.json", what=f"{name} metrics"), True
-    log(f"{name}: python -m {entry.module.rsplit('.', 1)[0]} ... {' '.join(argv)} --out {out}")
-    module = importlib.import_module(entry.module)
+    log(f"{name}: python -m {module.rsplit('.', 1)[0]} ... {' '.join(argv)} --out {out}")
+    entry_point = importlib.import_module(module)
     parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    metrics = module.run(parser.parse_args([*argv, "--out", str(out)]))
+    entry_point.add_arguments(parser)
+    metrics = entry_point.run(parser.parse_args([*argv, "--out", str(out)]))
     return out, metrics, False
 
 
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
                 errors[name] = f"needs {entry.needs}, which failed"
                 continue
             try:
-                out, metrics, cached = _run_entry(name, entry, entry.argv(args.profile, outs), args.cache_dir, log)
+                out, metrics, cached = run_entry(name, entry.module, entry.argv(args.profile, outs), args.cache_dir, log)
             except Exception as e:  # one failing model must not lose the others' rows
                 errors[name] = f"{type(e).__name__}: {e}"
                 log(f"{name}: FAILED {errors[name]}")
