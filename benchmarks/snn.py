@@ -16,7 +16,8 @@ Writes ``results/snn.json`` (+ ``snn.md``):
 - the spiking MFM (:class:`snn.models.SpikingMFM`, ``python -m snn.train synthmed``) on SynthMed-VQA, trained plainly
   and distilled from the ANN MFM (:func:`ann.train.vqa.answer_slot_logits`), vs the ANN MFM of about the same size
   (``mfm-small``, cached like :mod:`benchmarks.models`), all with the same steps, data and recipe; test accuracy
-  and spike accounting. The accuracy-gap target needs the full profile's training budget.
+  and spike accounting. Quick trains every MFM for benchmarks.models' quick budget (300 steps), full for its
+  full one (the small MFM's 3000 steps; the large teacher's 4800 + 1500).
 """
 
 from __future__ import annotations
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     gap = ann_acc - mfm[MFM_RECIPE]["test"]["accuracy"]
     targets.append(Target("spiking_mfm_accuracy_gap_to_ann_mfm", gap,
                           f"<= 0.05 ({MFM_RECIPE} vs the ANN MFM of about the same size, {mfm['ann']['params']} params)",
-                          gap <= 0.05, profile_only="full"))
+                          gap <= 0.05))
     rows = [["spiking ViT (digits)", cfg.engine.value, cfg.timesteps, test_acc, acct["params"], acct["firing_rate"],
              acct["sops"], acct["neuron_updates"], acct["membrane_bytes"], train_sw.seconds]]
     cols = ["model", "engine", "T", "test acc", "params", "firing rate", "SOPs", "neuron updates", "membrane B", "train s"]

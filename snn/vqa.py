@@ -152,9 +152,11 @@ def spiking_vqa_batch_fn(data: SpikingVQATensors, *, images_per_batch: int, seed
     M = data.by_image.shape[0]
     if images_per_batch > M:
         raise ValueError(f"images_per_batch={images_per_batch} exceeds the {M} training images")
-    if teacher_logits is not None and tuple(teacher_logits.shape[:2]) != tuple(data.target_ids.shape):
+    want = (*data.target_ids.shape, len(VQA_VOCAB))
+    if teacher_logits is not None and tuple(teacher_logits.shape) != want:
         raise ValueError(f"teacher_logits {tuple(teacher_logits.shape)} do not match the split's target slots "
-                         f"{tuple(data.target_ids.shape)} (N, R): compute them on the same training split")
+                         f"(N, R, W) = {want}: compute them on the same training split with a model over "
+                         "tasks.synthmed.VQA_VOCAB (ann.train.vqa.answer_slot_logits)")
     per_epoch = M // images_per_batch
     target_pos = data.target_pos
 
