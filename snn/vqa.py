@@ -111,11 +111,12 @@ class SpikingVQAObjective(nn.Module):
     def __init__(self, mfm: SpikingMFM, *, aux_weight: float = 0.0, distill_weight: float = 0.0,
                  temperature: float = 2.0) -> None:
         super().__init__()
-        for name, v, lo, hi in (("aux_weight", aux_weight, 0.0, float("inf")), ("distill_weight", distill_weight, 0.0, 1.0),
-                                ("temperature", temperature, 1e-6, float("inf"))):
+        for name, v, lo, hi in (("aux_weight", aux_weight, 0.0, float("inf")),
+                                ("distill_weight", distill_weight, 0.0, 1.0), ("temperature", temperature, 1e-6, float("inf"))):
             if not (isinstance(v, (int, float)) and lo <= v <= hi and np.isfinite(v)):
                 raise ValueError(f"{name}={v!r} is invalid: use a finite number in [{lo}, {hi}]")
-        self.mfm, self.aux_weight, self.distill_weight, self.temperature = mfm, float(aux_weight), float(distill_weight), float(temperature)
+        self.mfm, self.aux_weight = mfm, float(aux_weight)
+        self.distill_weight, self.temperature = float(distill_weight), float(temperature)
         D = mfm.config.text_dim
         self.probe = _AnswerProbe(D, len(QUESTION_TEMPLATES), len(ANSWER_VOCAB)) if aux_weight > 0 else None
         # spike rates of the visual tokens for the probe: the projector's output through one more neuron
@@ -134,10 +135,16 @@ class SpikingVQAObjective(nn.Module):
                 raise ValueError("distill_weight > 0 needs batches with 'teacher_logits' (give teacher logits to "
                                  "spiking_vqa_batch_fn)")
             tau = self.temperature
-            kd = nn.functional.kl_div(torch.log_softmax(slot[valid] / tau, -1), torch.log_softmax(teacher_logits[valid] / tau, -1),
-                                      log_target=True, reduction="sum") * tau ** 2 / K
+            kd = nn.functional.kl_div(torch.log_softmax(slot[valid] / tau, -1),
+                                      torch.log_softmax(teacher_logits[valid] / tau, -1), log_target=True,
+                                      reduction="sum") * tau ** 2 / K
             loss = (1 - self.distill_weight) * ce + self.distill_weight * kd
         if self.probe is not None:
+            if all_answers is None:
+                raise ValueError("aux_weight > 0 needs batches with 'all_answers' (spiking_vqa_batch_fn provides them)")
+            from spikingjelly.activation_based import functional
+
+            functional.reset_net(self.probe_lif)  # stateful engines start at rest on every call
             rates = self.probe_lif(visual).mean(dim=0)  # (M, V, Dt)
             aux = nn.functional.cross_entropy(self.probe(rates).flatten(0, 1), all_answers.flatten(), ignore_index=-1,
                                               reduction="sum") / all_answers.numel()

@@ -112,6 +112,27 @@ def test_distillation_pulls_the_student_towards_the_teacher():
         SpikingVQAObjective(m, distill_weight=0.5)(**{k: v for k, v in batch.items() if k != "teacher_logits"})
 
 
+def test_the_objective_starts_at_rest_on_every_call_on_a_stateful_engine():
+    _, d = _trained(steps=0)
+    torch.manual_seed(0)
+    obj = SpikingVQAObjective(SpikingMFM(SpikingMFMConfig(**SMALL, engine="spikingjelly")), aux_weight=1.0).eval()
+    with torch.no_grad():
+        # visual currents around the threshold, different per feature (the probe's LayerNorm cancels a constant)
+        obj.mfm.proj_bn.bn.bias.copy_(torch.linspace(0.8, 1.6, obj.mfm.config.text_dim))
+    batch = spiking_vqa_batch_fn(d, images_per_batch=8, seed=0)(0, 0, 1)
+    with torch.no_grad():
+        ref = obj(**batch).item()
+        vis, lif = obj.mfm.visual_tokens(batch["images"]), obj.probe_lif
+        lif.reset()
+        rest = lif(vis)
+        lif.reset()
+        lif.v = 0.9
+        assert not torch.equal(lif(vis), rest)  # not vacuous: a leftover membrane changes the probe's spikes
+        for lif in (obj.probe_lif, obj.mfm.proj_lif, obj.mfm.head_lif):
+            lif.v = 0.9  # membranes left over from another batch (SpikingJelly keeps them between calls)
+        assert obj(**batch).item() == ref
+
+
 def test_bad_configs_and_inputs_are_refused():
     with pytest.raises(ValueError, match="SpikingMFMConfig.timesteps=0"):
         SpikingMFMConfig(timesteps=0)
