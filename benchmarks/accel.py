@@ -64,13 +64,13 @@ def _trace_digits(profile: str, log) -> dict:
     """The digits MLP at INT8 and its converted SNN (T=8, 16-bit membranes), traced on the test split: the SNN's
     synaptic ops, spikes and firing rates are the measured ones, so the event-driven mode skips real zeros."""
     from benchmarks.compare import PROFILES, _digits_ann
-    from conversion import ConversionConfig, convert_mlp
+    from conversion import ConversionConfig, convert_sequential
     from neurohw.workload import Numeric, trace
 
     ns = argparse.Namespace(seed=0, checkpoint=None, cache_dir=Path(".cache/neuromfm/checkpoints"))
     model, splits, _ = _digits_ann(ns, PROFILES[profile], log)
     x = splits["test"].x
-    snn = convert_mlp(model, splits["train"].x, timesteps=8, config=ConversionConfig())
+    snn = convert_sequential(model, splits["train"].x, timesteps=8, config=ConversionConfig())
     return {"digits-mlp": trace(model, x, name="digits MLP int8", numeric=Numeric.INT, weight_bits=8, act_bits=8, state_bits=8),
             "digits-snn-T8": trace(snn, x, name="digits converted SNN T=8", timesteps=8, numeric=Numeric.INT, weight_bits=8,
                                    act_bits=8, state_bits=16)}

@@ -115,7 +115,7 @@ def _digits_ann(args: argparse.Namespace, profile: Profile, log: Callable[[str],
 
 def run_digits(args: argparse.Namespace, profile: Profile, log: Callable[[str], None]) -> tuple[list[dict], dict, list[Target]]:
     from ann.train.classifier import evaluate
-    from conversion import ConversionConfig, convert_mlp
+    from conversion import ConversionConfig, convert_sequential
     from neurohw.workload import Numeric, trace
     from quant import ptq_sequential
 
@@ -138,7 +138,7 @@ def run_digits(args: argparse.Namespace, profile: Profile, log: Callable[[str], 
                             "execution": "fake-quant on CPU (accuracy exact for the integer codes; CPU time is not an int8 kernel's)"}
     if "snn" in args.tracks:
         conv_cfg = ConversionConfig()
-        snn = convert_mlp(model, splits["train"].x, timesteps=profile.timesteps[0], config=conv_cfg)
+        snn = convert_sequential(model, splits["train"].x, timesteps=profile.timesteps[0], config=conv_cfg)
         meta["conversion"] = {**asdict(conv_cfg), "norm": conv_cfg.norm.value, "calibration": "digits train split"}
         for T in profile.timesteps:
             snn.timesteps = T

@@ -31,13 +31,24 @@ class DirectEncodingSNN(nn.Module):
         self.timesteps = timesteps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x).mean(dim=0)  # (T, B, C) -> (B, C)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """The output at every step, ``(T, B, C)``."""
         from spikingjelly.activation_based import functional
 
         functional.reset_net(self.net)
-        x_seq = x.unsqueeze(0).expand(self.timesteps, *x.shape)  # (B, F) -> (T, B, F)
+        x_seq = x.unsqueeze(0).expand(self.timesteps, *x.shape)  # (B, ...) -> (T, B, ...)
         out = self.net(x_seq)  # (T, B, C)
         functional.reset_net(self.net)
-        return out.mean(dim=0)  # (B, C)
+        return out
+
+    def prefix_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Read-out after every ``t = 1..T``, ``(T, B, C)``: row ``t - 1`` is what the network run for ``t`` steps
+        returns (every layer is causal in time), so one run gives the accuracy-vs-T curve."""
+        out = self.run(x)
+        t = torch.arange(1, out.shape[0] + 1, dtype=out.dtype).view(-1, *([1] * (out.dim() - 1)))
+        return out.cumsum(0) / t
 
 
 class TimeFolded(nn.Module):

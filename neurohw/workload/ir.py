@@ -14,9 +14,11 @@ Op kinds and their counts (per inference, summed over the calls an entry stands 
 - ``GEMM``: dense multiply-accumulate, ``macs = m * k * n`` per call and timestep (once per call when the
   input is the same at every timestep, e.g. the direct-encoding layer of an SNN). ``function`` is
   ``"linear"``, ``"conv2d"`` or ``"matmul"`` (a product of two activations). ``repeats = macs / (m k n)``.
-- ``SYNAPTIC``: a GEMM whose input is binary spikes, executed event-driven: one accumulate per (input spike,
-  target neuron) pair, ``sops = sum_t nnz(s[t]) * n`` (exact per receptive field for a convolution).
-- ``NEURON``: spiking-neuron state updates, ``elements = neurons * T``, with the measured ``spikes``.
+- ``SYNAPTIC``: a GEMM whose input is spikes (binary, or the graded / signed spike values a neuron layer emits),
+  executed event-driven: one accumulate per (input spike, target neuron) pair, ``sops = sum_t nnz(s[t]) * n``
+  (exact per receptive field for a convolution).
+- ``NEURON``: spiking-neuron state updates, ``elements = neurons * T``, with the measured ``spikes`` (spike
+  events: nonzero outputs; a graded spike is one event).
 - ``ATTENTION``: softmax(Q K^T / sqrt(d)) V of one call (``scaled_dot_product_attention``):
   ``macs = 2 h L_q L_kv d`` (scores and the weighted sum), ``elements = h L_q L_kv`` softmax inputs.
 - ``SOFTMAX``, ``NORM`` (``function`` ``"layernorm"``/``"rmsnorm"``/...) and ``ELEMENTWISE`` (``function``

@@ -178,7 +178,10 @@ class _Recorder:
              params: int, bias: bool, sops_fn: Callable[[], float]) -> _Call:
         """``rows``: output rows (tokens / output pixels) of the call, over the batch and all timesteps."""
         T = self.T or 1
-        spiking = self.T is not None and bool(torch.all((x == 0) | (x == 1)))
+        # spike input: binary values, or the output of a neuron layer (graded / signed spike values k * theta)
+        src = self.producer.get(id(x))
+        spiking = self.T is not None and (bool(torch.all((x == 0) | (x == 1)))
+                                          or (src is not None and self.calls[src].kind is OpKind.NEURON))
         c = _Call(name, OpKind.SYNAPTIC if spiking else OpKind.GEMM, layer_type, function,
                   fields={"k": k, "n": n, "timesteps": T, "m": max(rows // (T * self.B), 1), "params": params})
         c.nnz, c.numel = float((x != 0).sum()), float(x.numel())
@@ -223,11 +226,12 @@ class _Recorder:
                          sops_fn=lambda: float((a != 0).sum()) * n * (batch // max(a.shape[:-2].numel(), 1)))
 
     def neuron(self, name: str, module: nn.Module, out: torch.Tensor) -> _Call:
+        # spike events: a nonzero output (binary 1, or a graded / signed spike value of a multi-level neuron)
         T = self.T or 1
         return _Call(name, OpKind.NEURON, type(module).__name__, "neuron",
                      fields={"timesteps": T, "neurons": out.numel() // (T * self.B)},
                      counts={"elements": out.numel() / self.B, "in_elements": out.numel() / self.B,
-                             "spikes": float(out.sum()) / self.B})
+                             "spikes": float((out != 0).sum()) / self.B})
 
     def vector(self, name: str, kind: OpKind, layer_type: str, function: str, inputs, out, params: int = 0) -> _Call:
         floats = [t for t in _tensors(inputs) if t.is_floating_point()]

@@ -7,7 +7,7 @@ from torch import nn
 from ann.models import MLPConfig, ReLUMLP
 from ann.train import TrainConfig, train_classifier
 from ann.train.classifier import evaluate
-from conversion import ConversionConfig, UnsupportedLayerError, check_convertible, convert_mlp
+from conversion import ConversionConfig, UnsupportedLayerError, check_convertible, convert_sequential
 from tasks.digits import load_digits_split
 
 
@@ -22,18 +22,19 @@ def digits_ann():
 
 @pytest.mark.parametrize("T", [1, 7, 32])
 def test_if_spike_counts_match_the_closed_form(T):
-    """Soft reset + v0 = theta/2, constant current c: spikes over T steps = clip(floor(T*c + 1/2), 0, T)."""
+    """Soft reset + v0 = theta/2, constant current c: spikes over T steps = clip(floor(T*c/theta + 1/2), 0, T)."""
     torch.manual_seed(1)
     ann = nn.Sequential(nn.Linear(6, 40), nn.ReLU(), nn.Linear(40, 3))
     x = torch.rand(50, 6)
-    snn = convert_mlp(ann, x, timesteps=T, config=ConversionConfig(norm="max"))
+    snn = convert_sequential(ann, x, timesteps=T, config=ConversionConfig(norm="max"))
     spikes = []
-    hook = snn.net[1].register_forward_hook(lambda m, i, o: spikes.append(o.sum(0)))
+    hook = snn.net[1].register_forward_hook(lambda m, i, o: spikes.append((o != 0).sum(0)))
     with torch.no_grad():
         snn(x)
     hook.remove()
-    lin = snn.net[0]
-    current = (x.double() @ lin.weight.double().T + lin.bias.double())  # balanced input current per step
+    lin, theta = ann[0], float(snn.net[1].theta)
+    assert theta == pytest.approx(float(ann[:2](x).detach().max()))  # max norm: the largest activation
+    current = (x.double() @ lin.weight.double().T + lin.bias.double()) / theta  # input current per step, in thresholds
     expected = torch.clamp(torch.floor(T * current + 0.5), 0, T)
     # float32 accumulation can flip a count only where T*c + 1/2 sits on an integer
     near_edge = ((T * current + 0.5) - torch.round(T * current + 0.5)).abs() < 1e-4
@@ -46,7 +47,7 @@ def test_snn_approaches_the_ann_as_t_grows(digits_ann):
     model, tr = digits_ann
     te = load_digits_split("test")
     ann_acc = evaluate(model, te.x, te.y)
-    snn = convert_mlp(model, tr.x, timesteps=8)
+    snn = convert_sequential(model, tr.x, timesteps=8)
     errs, accs = {}, {}
     with torch.no_grad():
         ann_logits = model(te.x)
@@ -65,18 +66,19 @@ def test_hard_reset_and_max_norm_also_convert(digits_ann):
     model, tr = digits_ann
     te = load_digits_split("test")
     for cfg in (ConversionConfig(norm="max"), ConversionConfig(soft_reset=False, half_threshold_init=False)):
-        snn = convert_mlp(model, tr.x, timesteps=64, config=cfg)
+        snn = convert_sequential(model, tr.x, timesteps=64, config=cfg)
         assert evaluate(snn, te.x, te.y) >= 0.9
 
 
 def test_unsupported_layers_are_listed_before_any_work():
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2))
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.LayerNorm(4), nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2))
     problems = dict(check_convertible(net))
-    assert set(problems) == {"0", "1", "3"}
-    with pytest.raises(UnsupportedLayerError, match=r"0: Conv2d is not supported.*1: BatchNorm2d.*3: Sigmoid"):
-        convert_mlp(net, torch.zeros(0), timesteps=4)  # the empty calibration batch is never used
+    assert set(problems) == {"1", "2", "4", "<network>"}
+    with pytest.raises(UnsupportedLayerError, match=r"1: MaxPool2d.*use nn.AvgPool2d.*2: LayerNorm is not supported.*"
+                                                    r"4: Sigmoid is not a ReLU.*<network>: no ReLU"):
+        convert_sequential(net, torch.zeros(0), timesteps=4)  # the empty calibration batch is never used
     with pytest.raises(UnsupportedLayerError, match="must end with an nn.Linear"):
-        convert_mlp(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), torch.zeros(1, 3), timesteps=4)
+        convert_sequential(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), torch.zeros(1, 3), timesteps=4)
 
 
 def test_bad_config_and_timesteps():
@@ -85,5 +87,23 @@ def test_bad_config_and_timesteps():
     with pytest.raises(ValueError, match="ConversionConfig.norm"):
         ConversionConfig(norm="mean")
     with pytest.raises(ValueError, match="timesteps=0"):
-        convert_mlp(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)), torch.rand(4, 2), timesteps=0)
+        convert_sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)), torch.rand(4, 2), timesteps=0)
     assert math.isfinite(ConversionConfig().percentile)
+
+
+def test_a_cnn_with_batchnorm_and_average_pooling_converts_per_channel():
+    from ann.models import CNNConfig, ReLUCNN
+
+    torch.manual_seed(0)
+    cnn = ReLUCNN(config=CNNConfig(channels=(4, 8), hidden=16))
+    x = torch.rand(64, 64)
+    cnn.train()(x)  # non-trivial BatchNorm running statistics
+    cnn.eval()
+    snn = convert_sequential(cnn, x, timesteps=128, config=ConversionConfig(per_channel=True))
+    thetas = [m.theta for m in snn.net if hasattr(m, "theta")]
+    assert [t.shape for t in thetas] == [torch.Size([4]), torch.Size([8]), torch.Size([16])]  # one per channel
+    with torch.no_grad():
+        ref, prefix = cnn(x), snn.prefix_outputs(x)
+    err = [float((prefix[t - 1] - ref).abs().mean()) for t in (4, 32, 128)]
+    assert err[2] < err[1] < err[0]
+    assert err[2] < 0.05 * float(ref.abs().mean())
