@@ -51,7 +51,7 @@ class Profile:
 
 PROFILES = {
     "quick": Profile(t_max=32, digits_epochs={"mlp": (30, 10), "cnn": (10, 5), "vit": 30}, vqa_images=(2000, 200, 200),
-                     vqa_epochs=15, vqa_model={"dim": 96, "depth": 3}),
+                     vqa_epochs=10, vqa_model={"dim": 64, "depth": 2}),
     "full": Profile(t_max=64, digits_epochs={"mlp": (60, 20), "cnn": (30, 10), "vit": 60}, vqa_images=(4000, 500, 1000),
                     vqa_epochs=30, vqa_model={"dim": 96, "depth": 3}),
 }
@@ -225,11 +225,13 @@ def _synthmed(profile: Profile, args, log) -> dict:
 
     def xy(s):
         px = torch.from_numpy(s.sample_images(np.arange(len(s))))
-        return SpikeFriendlyViT.pack(px, torch.from_numpy(s.question_ids)), torch.from_numpy(s.answer_ids)
+        return SpikeFriendlyViT.pack(px, torch.tensor(s.question_ids)), torch.tensor(s.answer_ids)
 
     (xtr, ytr), (xva, yva), (xte, yte) = (xy(splits[s]) for s in ("train", "val", "test"))
+    pixels = xtr[:, : dcfg.image_size ** 2]
     cfg = SFViTConfig(image_size=dcfg.image_size, patch_size=8, heads=4, mlp_ratio=2, num_classes=len(ANSWER_VOCAB),
-                      text_vocab=len(QUESTION_VOCAB), text_len=QUESTION_MAX_LEN, **profile.vqa_model)
+                      text_vocab=len(QUESTION_VOCAB), text_len=QUESTION_MAX_LEN, image_mean=round(float(pixels.mean()), 4),
+                      image_std=round(float(pixels.std()), 4), **profile.vqa_model)
 
     def build():
         torch.manual_seed(args.seed)
@@ -240,7 +242,7 @@ def _synthmed(profile: Profile, args, log) -> dict:
     def train(m):
         torch.manual_seed(args.seed)
         r = train_classifier(m, x_train=xtr, y_train=ytr, x_val=xva, y_val=yva,
-                             config=TrainConfig(epochs=profile.vqa_epochs, lr=1e-3, seed=args.seed), progress=not args.quiet)
+                             config=TrainConfig(epochs=profile.vqa_epochs, lr=2e-3, seed=args.seed), progress=not args.quiet)
         return {"best_epoch": r.best_epoch, "val_accuracy": r.val_accuracy}
 
     vit, info = _cached_train("synthmed-vit-qcfs", {"model": cfg.to_dict(), "data": asdict(dcfg), "epochs": profile.vqa_epochs,

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernel", "fused_forward", "fused_backward"]
+__all__ = ["kernel", "fused_forward", "fused_backward", "multilevel_forward"]
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -78,6 +78,33 @@ void lif_forward(const float* x, int64_t sT, int64_t sR, float* s, int64_t T, in
                 float f = h >= th ? 1.0f : 0.0f;
                 st[i] = f;
                 v[i] = reset(h, f, th, vr, hard);
+            }
+        }
+    }
+}
+
+/* Multi-level IF (snn.multilevel), no gradient: x, k contiguous (T, M); theta, inv = 1 / theta and v0 are (M,), one
+   step's shape. h = v + x; k = clamp(floor(h * inv), kmin, kmax); v = soft ? h - k * theta : (k != 0 ? 0 : h). */
+void multilevel_forward(const float* x, float* k, int64_t T, int64_t M, const float* theta, const float* inv,
+                        const float* v0, float kmin, float kmax, int soft) {
+    int64_t nblk = (M + BLK - 1) / BLK;
+    #pragma omp parallel for schedule(static) if (M >= 32768)
+    for (int64_t blk = 0; blk < nblk; blk++) {
+        float v[BLK];
+        int64_t m0 = blk * BLK, n = M - m0 < BLK ? M - m0 : BLK;
+        const float* th = theta + m0;
+        const float* iv = inv + m0;
+        for (int64_t i = 0; i < n; i++) v[i] = v0[m0 + i];
+        for (int64_t t = 0; t < T; t++) {
+            const float* xt = x + t * M + m0;
+            float* kt = k + t * M + m0;
+            for (int64_t i = 0; i < n; i++) {
+                float h = v[i] + xt[i];
+                float q = floorf(h * iv[i]);
+                q = q < kmin ? kmin : (q > kmax ? kmax : q);
+                kt[i] = q;
+                float kth = q * th[i];
+                v[i] = soft ? h - kth : (q != 0.0f ? 0.0f : h);
             }
         }
     }
@@ -201,6 +228,8 @@ def kernel() -> ctypes.CDLL | None:
     dll.lif_forward.restype = None
     dll.lif_backward.argtypes = [_P, _P, _I64, _I64, _P, _I64, _I64, _I64, _F, _F, _F, _F, _F, _F, _INT, _INT, _INT, _INT]
     dll.lif_backward.restype = ctypes.c_double
+    dll.multilevel_forward.argtypes = [_P, _P, _I64, _I64, _P, _P, _P, _F, _F, _INT]
+    dll.multilevel_forward.restype = None
     return dll
 
 
@@ -239,3 +268,14 @@ def fused_backward(grad_s: torch.Tensor, x: torch.Tensor, a: float, b: float, c:
     if gk != gk:  # NaN: a thread could not allocate its block buffer
         raise MemoryError("snn._kernel: out of memory for the backward pass's block buffer")
     return gx, gk
+
+
+def multilevel_forward(x: torch.Tensor, theta: torch.Tensor, inv: torch.Tensor, v0: torch.Tensor, k_min: float, k_max: float,
+                       soft: bool) -> torch.Tensor:
+    """Spike counts ``k`` (T, ...) of :func:`snn.multilevel.multilevel_if`; ``theta``, ``inv``, ``v0``: one step's shape."""
+    x = x.contiguous()
+    theta, inv, v0 = (t.expand_as(x[0]).contiguous() for t in (theta, inv, v0))
+    k = torch.empty_like(x)
+    kernel().multilevel_forward(x.data_ptr(), k.data_ptr(), x.shape[0], x[0].numel(), theta.data_ptr(), inv.data_ptr(),
+                                v0.data_ptr(), float(k_min), float(k_max), int(soft))
+    return k

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from snn import _kernel
 from snn.neurons import check_time_layout
 
 __all__ = ["MultiLevelSpec", "multilevel_if", "MultiLevelIF"]
@@ -60,15 +61,20 @@ class MultiLevelSpec:
             raise ValueError(f"MultiLevelSpec.levels={self.levels!r} must be an int >= 1 (1: binary spikes)")
 
 
-def multilevel_if(x_seq: torch.Tensor, theta: torch.Tensor, spec: MultiLevelSpec) -> torch.Tensor:
+def multilevel_if(x_seq: torch.Tensor, theta: torch.Tensor, spec: MultiLevelSpec, *, use_kernel: bool = True) -> torch.Tensor:
     """Signed spike counts ``k`` (same shape as ``x_seq``: (T, B, ...)) of the neurons above; ``theta`` broadcasts
-    against one step ``x_seq[t]`` and must be > 0."""
+    against one step ``x_seq[t]`` and must be > 0. Runs the compiled kernel (:mod:`snn._kernel`, one pass over
+    memory) on float32 CPU tensors when a C compiler is available, else the torch loop (bit-identical)."""
     if not bool((theta > 0).all()):
         raise ValueError(f"multilevel_if: every threshold must be > 0, got min {float(theta.min())}")
     k_min = -spec.levels if spec.signed else 0
-    x_seq = x_seq.contiguous()
-    v = (theta / 2 if spec.half_init else torch.zeros_like(theta)).expand_as(x_seq[0]).contiguous().clone()
+    theta = theta.to(x_seq.dtype)
     inv = 1.0 / theta
+    v0 = theta / 2 if spec.half_init else torch.zeros_like(theta)
+    if use_kernel and x_seq.dtype == torch.float32 and x_seq.device.type == "cpu" and _kernel.kernel() is not None:
+        return _kernel.multilevel_forward(x_seq, theta, inv, v0, k_min, spec.levels, spec.soft_reset)
+    x_seq = x_seq.contiguous()
+    v = v0.expand_as(x_seq[0]).contiguous().clone()
     out = torch.empty_like(x_seq)
     for t in range(x_seq.shape[0]):
         v.add_(x_seq[t])  # charge: v now holds h[t]
@@ -76,7 +82,7 @@ def multilevel_if(x_seq: torch.Tensor, theta: torch.Tensor, spec: MultiLevelSpec
         torch.mul(v, inv, out=k)
         k.floor_().clamp_(k_min, spec.levels)
         if spec.soft_reset:
-            v.addcmul_(k, theta, value=-1.0)
+            v.sub_(k * theta)  # two roundings, as in the kernel (no fused multiply-add)
         else:
             v.masked_fill_(k != 0, 0.0)
     return out

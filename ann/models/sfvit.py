@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.fx._symbolic_trace import is_fx_tracing
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = ["SFViTConfig", "SpikeFriendlyViT", "SFBlock"]
 
@@ -35,6 +35,8 @@ class SFViTConfig:
     dim, depth, heads, mlp_ratio: D (divisible by H), blocks, H, MLP hidden = mlp_ratio * D.
     num_classes: output logits (answers for VQA).
     text_vocab, text_len: question vocabulary and length L; 0 for an image-only classifier.
+    image_mean, image_std: pixels are normalized ``(x - image_mean) / image_std`` before the patch embedding (a
+        from-scratch ViT on SynthMed stays at the question-only prior without it; see ``ann.models.mfm``).
     """
 
     image_size: int = 8
@@ -47,6 +49,8 @@ class SFViTConfig:
     num_classes: int = 10
     text_vocab: int = 0
     text_len: int = 0
+    image_mean: float = 0.0
+    image_std: float = 1.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, field: str, fix: str) -> None:
@@ -60,6 +64,7 @@ class SFViTConfig:
         need(self.mlp_ratio >= 1, "mlp_ratio", "use >= 1")
         need(self.num_classes >= 2, "num_classes", "use >= 2")
         need((self.text_vocab == 0) == (self.text_len == 0), "text_len", "set text_vocab and text_len both > 0 (VQA) or both 0")
+        need(self.image_std > 0, "image_std", "use a positive float (the pixel standard deviation)")
 
     @property
     def num_patches(self) -> int:
@@ -109,9 +114,13 @@ class SFBlock(nn.Module):
         """``a v`` merged over heads: (..., H, N, N) x (..., N, D) -> (..., N, D)."""
         return self.merge(a @ self.split(v))  # (.., H, N, N) x (.., H, N, hd) -> (.., H, N, hd)
 
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``softmax(q k^T / sqrt(hd)) v`` per head, merged: (..., N, D) x 3 -> (..., N, D)."""
+        return self.context(self.attention_probs(q, k), v)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
-        x = x + self.proj(self.context(self.attention_probs(self.q(h), self.k(h)), self.v(h)))
+        x = x + self.proj(self.attention(self.q(h), self.k(h), self.v(h)))
         return x + self.fc2(self.act(self.fc1(self.ln2(x))))
 
 
@@ -139,12 +148,13 @@ class SpikeFriendlyViT(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Packed input -> token embeddings ``(B, N, D)`` (the analog input currents of the converted SNN)."""
         c = self.config
-        if not is_fx_tracing() and (x.dim() != 2 or x.shape[1] != c.pixels + c.text_len):
+        if not is_fx_symbolic_tracing() and (x.dim() != 2 or x.shape[1] != c.pixels + c.text_len):
             raise ValueError(f"SpikeFriendlyViT expects a packed input (B, {c.pixels + c.text_len}) = pixels "
                              f"{c.channels}x{c.image_size}x{c.image_size} flattened" + (f" + {c.text_len} question ids" if c.text_len else "")
                              + f" (SpikeFriendlyViT.pack builds it), got {tuple(x.shape)}")
         g, p = c.image_size // c.patch_size, c.patch_size
-        pix = x[:, : c.pixels].reshape(-1, c.channels, g, p, g, p)  # (B, C, g, P, g, P)
+        pix = (x[:, : c.pixels] - c.image_mean) / c.image_std
+        pix = pix.reshape(-1, c.channels, g, p, g, p)  # (B, C, g, P, g, P)
         patches = pix.permute(0, 2, 4, 1, 3, 5).reshape(-1, g * g, c.channels * p * p)  # (B, g g, C P P)
         parts = [self.cls.expand(patches.shape[0], -1, -1)]
         if self.text_embed is not None:

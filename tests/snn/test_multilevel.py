@@ -48,3 +48,18 @@ def test_bad_parameters_and_layouts_are_named():
         MultiLevelIF(theta=torch.ones(3), channel_dim=1)(torch.zeros(2, 4, 5))
     with pytest.raises(ValueError, match=r"expected a multi-step input \(T, B, ...\)"):
         MultiLevelIF(theta=1.0)(torch.zeros(5))
+
+
+@pytest.mark.parametrize("spec", [MultiLevelSpec(), MultiLevelSpec(levels=4, signed=True),
+                                  MultiLevelSpec(levels=2, soft_reset=False, half_init=False)])
+def test_the_compiled_kernel_is_bit_identical_to_the_torch_loop(spec):
+    from snn import _kernel
+
+    if _kernel.kernel() is None:
+        pytest.skip("no C compiler: the kernel is not built here")
+    torch.manual_seed(0)
+    x = torch.randn(9, 4, 3, 40)[:, :, 1:]  # non-contiguous
+    for theta in (torch.tensor(0.3), torch.rand(40) + 0.1):
+        fast = multilevel_if(x, theta, spec)
+        ref = multilevel_if(x, theta, spec, use_kernel=False)
+        assert torch.equal(fast, ref)
