@@ -277,12 +277,14 @@ def _plot(tasks: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = [(t, n, r) for t, models in tasks.items() for n, r in models.items()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    labels = list(dict.fromkeys(label for _, _, r in panels for label in r["curves"]))
+    color = {label: f"C{i}" for i, label in enumerate(labels)}  # one colour per method across panels
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     for ax, (task, name, r) in zip(axes[0], panels):
         for label, curve in r["curves"].items():
             ts = np.arange(1, len(curve) + 1)
             style = "-" if label == "ours" else ("--" if "spikingjelly" in label else ":")
-            ax.plot(ts, curve, style, label=label, lw=2 if label == "ours" else 1.2)
+            ax.plot(ts, curve, style, color=color[label], label=label, lw=2 if label == "ours" else 1.2)
         ax.axhline(r["ann_accuracy"], color="k", lw=0.8, label="ANN (QCFS)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("timesteps T")
@@ -290,7 +292,7 @@ def _plot(tasks: dict, path: Path) -> Path:
         ax.set_title(f"{task} {name}")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     return save_figure(fig, path)
 

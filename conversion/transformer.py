@@ -53,7 +53,7 @@ __all__ = ["TransformerConversionConfig", "SpikingViT", "check_transformer_conve
 class TransformerConversionConfig:
     """Attributes:
     levels: spikes per step of each sign at the multi-level sites (1: binary signed spikes everywhere). 8 by
-        measurement: on the SynthMed-VQA ViT at T = 8, 4 levels lose 5 points, 8 levels 1.7.
+        measurement: SynthMed-VQA ViT at T = 8, 300 test questions: ANN 0.520, 8 levels 0.503, 4 levels 0.467.
     percentile: threshold percentile of ``|a|`` at the multi-level sites, in (0, 100].
     per_channel: one threshold per feature channel at the multi-level sites.
     relu: how a plain ReLU's ``lambda`` is calibrated (QCFS layers bring theirs); soft reset and half-threshold
