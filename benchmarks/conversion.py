@@ -2,8 +2,9 @@
 
 Models, each trained here (cached under ``--cache-dir``, keyed by a hash of its config and code):
 
-- digits: a ReLU MLP and a ReLU CNN, each fine-tuned with QCFS activations (``quant.qcfs``, L = 8 levels), and a
-  spike-friendly ViT (``ann.models.sfvit``) trained with QCFS from the start;
+- digits: a ReLU MLP, a ReLU CNN (2 convolutions) and a deeper VGG-style CNN (6 convolutions), each fine-tuned
+  with QCFS activations (``quant.qcfs``, L = 8 levels), and a spike-friendly ViT (``ann.models.sfvit``) trained with
+  QCFS from the start;
 - SynthMed-VQA: a spike-friendly ViT that reads the image patches and the question's words and classifies the
   answer, trained with QCFS from the start.
 
@@ -50,9 +51,9 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile(t_max=32, digits_epochs={"mlp": (30, 10), "cnn": (10, 5), "vit": 30}, vqa_images=(2000, 200, 200),
+    "quick": Profile(t_max=32, digits_epochs={"mlp": (30, 10), "cnn": (10, 5), "deep_cnn": (15, 5), "vit": 30}, vqa_images=(2000, 200, 200),
                      vqa_epochs=10, vqa_model={"dim": 64, "depth": 2}),
-    "full": Profile(t_max=64, digits_epochs={"mlp": (60, 20), "cnn": (30, 10), "vit": 60}, vqa_images=(4000, 500, 1000),
+    "full": Profile(t_max=64, digits_epochs={"mlp": (60, 20), "cnn": (30, 10), "deep_cnn": (30, 10), "vit": 60}, vqa_images=(4000, 500, 1000),
                     vqa_epochs=30, vqa_model={"dim": 96, "depth": 3}),
 }
 
@@ -169,8 +170,10 @@ def _digits(profile: Profile, args, log) -> dict:
         return {"best_epoch": r.best_epoch, "val_accuracy": r.val_accuracy}
 
     out = {}
+    deep = CNNConfig(stages=((32, 32, 32), (64, 64, 64)))
     for name, build, cfg in (("mlp", lambda: ReLUMLP(config=MLPConfig(hidden=(256, 256))), MLPConfig(hidden=(256, 256)).to_dict()),
-                             ("cnn", lambda: ReLUCNN(config=CNNConfig()), CNNConfig().to_dict())):
+                             ("cnn", lambda: ReLUCNN(config=CNNConfig()), CNNConfig().to_dict()),
+                             ("deep_cnn", lambda: ReLUCNN(config=deep), deep.to_dict())):
         relu_epochs, qcfs_epochs = profile.digits_epochs[name]
 
         def build_relu(build=build):

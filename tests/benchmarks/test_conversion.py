@@ -11,13 +11,13 @@ import benchmarks.conversion as bc
 
 @pytest.mark.slow
 def test_conversion_benchmark_writes_curves_peer_accounting_targets_and_a_plot(tmp_path, monkeypatch):
-    tiny = bc.Profile(t_max=8, digits_epochs={"mlp": (1, 1), "cnn": (1, 1), "vit": 1}, vqa_images=(8, 4, 4), vqa_epochs=1,
+    tiny = bc.Profile(t_max=8, digits_epochs={"mlp": (1, 1), "cnn": (1, 1), "deep_cnn": (1, 1), "vit": 1}, vqa_images=(8, 4, 4), vqa_epochs=1,
                       vqa_model={"dim": 16, "depth": 1})
     monkeypatch.setattr(bc, "PROFILES", {"quick": tiny, "full": tiny})
     args = ["--out", str(tmp_path), "--quiet", "--cache-dir", str(tmp_path / "cache")]
     bc.main(args)
     saved = json.loads((tmp_path / "conversion.json").read_text())
-    assert set(saved["tasks"]) == {"digits", "synthmed"} and set(saved["tasks"]["digits"]) == {"mlp", "cnn", "vit"}
+    assert set(saved["tasks"]) == {"digits", "synthmed"} and set(saved["tasks"]["digits"]) == {"mlp", "cnn", "deep_cnn", "vit"}
     for task, models in saved["tasks"].items():
         for name, r in models.items():
             assert len(r["curves"]["ours"]) == 8 and len(r["curves"]["spikingjelly ann2snn (99.9%)"]) == 8

@@ -95,7 +95,7 @@ def test_a_cnn_with_batchnorm_and_average_pooling_converts_per_channel():
     from ann.models import CNNConfig, ReLUCNN
 
     torch.manual_seed(0)
-    cnn = ReLUCNN(config=CNNConfig(channels=(4, 8), hidden=16))
+    cnn = ReLUCNN(config=CNNConfig(stages=((4, 8),), hidden=16))
     x = torch.rand(64, 64)
     cnn.train()(x)  # non-trivial BatchNorm running statistics
     cnn.eval()
