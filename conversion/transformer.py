@@ -44,6 +44,7 @@ from ann.models.sfvit import SpikeFriendlyViT
 from conversion.threshold import ConversionConfig, NormMethod, UnsupportedLayerError
 from quant.qcfs import QCFS
 from snn.multilevel import MultiLevelIF, MultiLevelSpec
+from snn.runtime import running_mean
 
 __all__ = ["TransformerConversionConfig", "SpikingViT", "check_transformer_convertible", "convert_transformer", "ecm",
            "transformer_accounting", "ann_macs"]
@@ -81,8 +82,7 @@ def ecm(f: Callable[..., torch.Tensor], *seqs: torch.Tensor) -> torch.Tensor:
     ``f`` must accept the leading T dimension as a batch dimension."""
     T = seqs[0].shape[0]
     t = torch.arange(1, T + 1, dtype=seqs[0].dtype)
-    means = [s.cumsum(0) / t.view(-1, *([1] * (s.dim() - 1))) for s in seqs]  # running means A_t, (T, ...)
-    tf = f(*means)
+    tf = f(*(running_mean(s) for s in seqs))  # F(A_t), the running means A_t: (T, ...)
     tf = tf * t.view(-1, *([1] * (tf.dim() - 1)))  # t F(A_t)
     return torch.cat([tf[:1], tf[1:] - tf[:-1]])
 
@@ -149,9 +149,7 @@ class SpikingViT(nn.Module):
 
     def prefix_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Read-out after every ``t = 1..T``, ``(T, B, C)`` (every layer is causal in time)."""
-        out = self.run(x)
-        t = torch.arange(1, out.shape[0] + 1, dtype=out.dtype).view(-1, 1, 1)
-        return out.cumsum(0) / t
+        return running_mean(self.run(x))
 
     @torch.no_grad()
     def record_sites(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

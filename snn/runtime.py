@@ -8,7 +8,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["DirectEncodingSNN", "TimeFolded"]
+__all__ = ["DirectEncodingSNN", "TimeFolded", "running_mean"]
+
+
+def running_mean(out: torch.Tensor) -> torch.Tensor:
+    """``(T, ...) -> (T, ...)``: row ``t - 1`` is the mean of the first ``t`` rows (the read-out after ``t`` steps)."""
+    t = torch.arange(1, out.shape[0] + 1, dtype=out.dtype).view(-1, *([1] * (out.dim() - 1)))
+    return out.cumsum(0) / t
 
 
 class DirectEncodingSNN(nn.Module):
@@ -46,9 +52,7 @@ class DirectEncodingSNN(nn.Module):
     def prefix_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Read-out after every ``t = 1..T``, ``(T, B, C)``: row ``t - 1`` is what the network run for ``t`` steps
         returns (every layer is causal in time), so one run gives the accuracy-vs-T curve."""
-        out = self.run(x)
-        t = torch.arange(1, out.shape[0] + 1, dtype=out.dtype).view(-1, *([1] * (out.dim() - 1)))
-        return out.cumsum(0) / t
+        return running_mean(self.run(x))
 
 
 class TimeFolded(nn.Module):
