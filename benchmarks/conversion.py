@@ -35,8 +35,9 @@ import torch
 
 from benchmarks.common import (Stopwatch, Target, add_common_args, format_table, format_targets, machine_info, save_figure,
                                versions, write_results)
+from benchmarks.models import code_fingerprint
 
-_REPO = Path(__file__).resolve().parents[1]
+# the code a trained ANN here depends on (its hash is part of every cache key)
 CODE_PATHS = ("ann/models", "ann/train/classifier.py", "quant/qcfs.py", "tasks/digits.py", "tasks/synthmed.py")
 LEVELS = 8  # QCFS quantization levels of every ANN
 
@@ -58,21 +59,12 @@ PROFILES = {
 }
 
 
-def _fingerprint() -> str:
-    h = hashlib.sha256()
-    for rel in CODE_PATHS:
-        root = _REPO / rel
-        for f in sorted([root] if root.is_file() else root.rglob("*.py")):
-            h.update(str(f.relative_to(_REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def _cached_train(name: str, key: dict, build: Callable[[], torch.nn.Module], train: Callable[[torch.nn.Module], dict],
                   cache_dir: Path, log: Callable[[str], None]) -> tuple[torch.nn.Module, dict]:
     """Build the model; load its weights from the cache if this exact config and code trained it before, else train."""
     from tasks.io import atomic_write_json, load_tensors, read_json, save_tensors
 
-    digest = hashlib.sha256(json.dumps({**key, "code": _fingerprint(), "torch": torch.__version__}, sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps({**key, "code": code_fingerprint(CODE_PATHS), "torch": torch.__version__}, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir / f"{name}-{digest}"
     model = build()
     if (path / "info.json").exists():

@@ -104,10 +104,10 @@ CODE_PATHS = ("ann/train", "ann/models", "ann/finetune", "ann/eval", "ann/checkp
 _REPO = Path(__file__).resolve().parents[1]
 
 
-def code_fingerprint() -> str:
-    """sha256 over the relative paths and contents of the ``*.py`` files under :data:`CODE_PATHS`."""
+def code_fingerprint(paths: tuple[str, ...] = CODE_PATHS) -> str:
+    """sha256 over the relative paths and contents of the ``*.py`` files under ``paths`` (repository-relative)."""
     h = hashlib.sha256()
-    for rel in CODE_PATHS:
+    for rel in paths:
         root = _REPO / rel
         for f in sorted([root] if root.is_file() else root.rglob("*.py")):
             h.update(str(f.relative_to(_REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
