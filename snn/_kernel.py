@@ -22,6 +22,9 @@ second; without OpenMP if that fails) into
 through ctypes. Blocks run in parallel with OpenMP: the library links ``libgomp.so.1``, which resolves to the copy
 torch has already loaded, so the kernel shares torch's thread pool (two pools would spin against each other).
 Without a compiler, :func:`kernel` returns None and the engine keeps its Python path (one warning).
+
+The same library holds ``multilevel_forward``, the forward-only recurrence of :mod:`snn.multilevel`'s multi-level
+IF neurons (conversion), in the same one-pass, block-in-L1 form and bit-identical to its torch loop.
 """
 
 from __future__ import annotations
