@@ -36,7 +36,7 @@ from quant.qcfs import QCFS
 from snn.multilevel import MultiLevelIF, MultiLevelSpec
 from snn.runtime import DirectEncodingSNN, TimeFolded
 
-__all__ = ["NormMethod", "ConversionConfig", "UnsupportedLayerError", "check_convertible", "activation_scales",
+__all__ = ["NormMethod", "ConversionConfig", "UnsupportedLayerError", "check_convertible", "activation_scale", "activation_scales",
            "convert_sequential", "sequential_of"]
 
 
@@ -135,16 +135,23 @@ def activation_scales(seq: nn.Sequential, x_calib: torch.Tensor, config: Convers
         if isinstance(m, QCFS):
             scales.append(torch.tensor(m.threshold))
         elif isinstance(m, nn.ReLU):
-            a = next(it)
-            a = a.transpose(0, 1).flatten(1) if config.per_channel else a.flatten()[None]  # (channels or 1, samples)
-            if config.norm is NormMethod.MAX:
-                lam = a.amax(dim=1)
-            else:
-                a = a[:, :: max(1, a.shape[1] // 200_000)]  # torch.quantile's input limit; a strided sample
-                lam = torch.quantile(a.double(), config.percentile / 100.0, dim=1).float()
-            lam = torch.where(lam > 0, lam, torch.ones_like(lam))  # a dead channel never fires whatever its threshold
-            scales.append(lam if config.per_channel else lam[0])
+            scales.append(activation_scale(next(it), percentile=None if config.norm is NormMethod.MAX else config.percentile,
+                                           channel_dim=1 if config.per_channel else None))
     return scales
+
+
+def activation_scale(a: torch.Tensor, *, percentile: float | None, channel_dim: int | None) -> torch.Tensor:
+    """The scale of activations ``a``: their maximum (``percentile=None``) or ``percentile``-th percentile, over
+    everything (a 0-d tensor) or per channel along ``channel_dim`` (a 1-d tensor); 1 where it is not positive (a
+    dead channel never fires whatever its threshold)."""
+    a = a.movedim(channel_dim, 0).flatten(1) if channel_dim is not None else a.flatten()[None]  # (channels or 1, samples)
+    if percentile is None:
+        lam = a.amax(dim=1)
+    else:
+        a = a[:, :: max(1, a.shape[1] // 200_000)]  # torch.quantile's input limit; a strided sample
+        lam = torch.quantile(a.double(), percentile / 100.0, dim=1).float()
+    lam = torch.where(lam > 0, lam, torch.ones_like(lam))
+    return lam if channel_dim is not None else lam[0]
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ann.models.sfvit import SpikeFriendlyViT
-from conversion.threshold import ConversionConfig, NormMethod, UnsupportedLayerError
+from conversion.threshold import ConversionConfig, NormMethod, UnsupportedLayerError, activation_scale
 from quant.qcfs import QCFS
 from snn.multilevel import MultiLevelIF, MultiLevelSpec
 from snn.runtime import running_mean
@@ -162,15 +162,6 @@ class SpikingViT(nn.Module):
             self._record = None
 
 
-def _threshold(a: torch.Tensor, *, percentile: float, per_channel: bool, levels: int, absolute: bool) -> torch.Tensor:
-    a = a.abs() if absolute else a
-    a = a.flatten(0, -2).T if per_channel else a.flatten()[None]  # (channels or 1, samples)
-    a = a[:, :: max(1, a.shape[1] // 200_000)]  # a strided sample (torch.quantile's input limit)
-    lam = torch.quantile(a.double(), percentile / 100.0, dim=1).float() if percentile < 100 else a.amax(dim=1)
-    lam = torch.where(lam > 0, lam, torch.ones_like(lam))
-    return (lam if per_channel else lam[0]) / levels
-
-
 @torch.no_grad()
 def convert_transformer(ann: SpikeFriendlyViT, x_calib: torch.Tensor, *, timesteps: int,
                         config: TransformerConversionConfig = TransformerConversionConfig()) -> SpikingViT:
@@ -190,13 +181,14 @@ def convert_transformer(ann: SpikeFriendlyViT, x_calib: torch.Tensor, *, timeste
                 theta = torch.tensor(act.threshold)
             else:
                 rc = config.relu
-                theta = _threshold(a, percentile=100.0 if rc.norm is NormMethod.MAX else rc.percentile,
-                                   per_channel=rc.per_channel, levels=1, absolute=False)
+                theta = activation_scale(a, percentile=None if rc.norm is NormMethod.MAX else rc.percentile,
+                                         channel_dim=-1 if rc.per_channel else None)
             neurons[name] = MultiLevelIF(theta=theta, spec=config.spec(levels=1, signed=False), channel_dim=-1)
-        else:
-            theta = _threshold(a, percentile=config.percentile, per_channel=config.per_channel, levels=config.levels,
-                               absolute=True)
-            neurons[name] = MultiLevelIF(theta=theta, spec=config.spec(levels=config.levels, signed=True), channel_dim=-1)
+        else:  # signed multi-level: theta = P_p(|a|) / levels
+            q = None if config.percentile >= 100 else config.percentile  # 100: the maximum
+            theta = activation_scale(a.abs(), percentile=q, channel_dim=-1 if config.per_channel else None)
+            neurons[name] = MultiLevelIF(theta=theta / config.levels, spec=config.spec(levels=config.levels, signed=True),
+                                         channel_dim=-1)
     snn.neurons = nn.ModuleDict({n.replace(".", "_"): m for n, m in neurons.items()})
     return snn
 
