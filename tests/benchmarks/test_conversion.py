@@ -27,6 +27,10 @@ def test_conversion_benchmark_writes_curves_peer_accounting_targets_and_a_plot(t
     assert "ours, binary signed neurons (levels=1)" in saved["tasks"]["synthmed"]["vit"]["curves"]
     names = {t["name"] for t in saved["targets"]}
     assert "synthmed_vit_ours_minus_spikingjelly_T8" in names and "digits_cnn_ann_minus_snn_T8" in names
+    assert "digits_deep_cnn_ours_minus_spikingjelly_T8" in names and "digits_cnn_ours_minus_spikingjelly_T8" not in names
+    margins = saved["spikingjelly_margins"]
+    assert set(margins) == {f"{t}_{n}" for t, ms in saved["tasks"].items() for n in ms}
+    assert margins["digits_deep_cnn"]["scored"] and not margins["digits_mlp"]["scored"]
     assert not any(n.endswith("_T32") for n in names)  # T_max = 8 cannot check T = 32
     assert (tmp_path / "conversion_accuracy_vs_T.png").stat().st_size > 0
     again = bc.main(args)  # second run: every ANN comes from the cache
