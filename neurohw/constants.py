@@ -14,6 +14,11 @@ Arithmetic (per operation):
 Memory (per 64-bit access):
     SRAM 8 KB: 10, SRAM 32 KB: 20, SRAM 1 MB: 100, DRAM: 1300-2600 (we use the low end, 1300, so that
     DRAM-bound results are not exaggerated).
+
+Intel Loihi (the neuromorphic target): per-operation energy and time from Davies et al., IEEE Micro 2018, Table 2,
+and a static power from Frady et al., NICE 2020 (section "Intel Loihi" at the end of this file). The Loihi chips'
+capacity limits (cores, neurons, memory, axons) live with the placement that checks them, in
+:mod:`neurohw.lava.mapping`, each with its source.
 """
 
 from __future__ import annotations
@@ -107,3 +112,71 @@ SRAM_BIT_AREA_UM2 = AreaConstant(119e6 / 153e6, "one SRAM bit incl. periphery (d
 TECH_REF_AREA_NODE_NM = 45.0
 
 __all__ += ["AreaConstant", "ARITH_AREA_UM2", "REGISTER_BIT_AREA_UM2", "SRAM_BIT_AREA_UM2", "TECH_REF_AREA_NODE_NM"]
+
+
+# --- Intel Loihi: per-operation energy and time (the Lava/Loihi target, :mod:`neurohw.lava.energy`) ------------
+# M. Davies et al., "Loihi: A Neuromorphic Manycore Processor with On-Chip Learning", IEEE Micro 38(1):82-99,
+# 2018, Table 2 "Loihi pre-silicon performance and energy measurements" (column "Value at 0.75 V"; Table 1 of the
+# paper is the learning engine's variable list). The paper, p. 95: "Table 2 provides a selection of energy and
+# performance measurements from pre-silicon SDF and SPICE simulations, consistent with early post-silicon
+# characterization." So these are simulated figures at 0.75 V in Intel 14 nm, not meter readings; the synaptic-op
+# energy is a minimum ("(min)") and its time a maximum ("(max)"). Rows used (verbatim labels):
+#     Energy per synaptic spike op (min)               23.6 pJ     Time per synaptic spike op (max)          3.5 ns
+#     Energy per synaptic update (pairwise STDP)       120 pJ      Time per synaptic update (pairwise STDP)   6.1 ns
+#     Energy per neuron update (active / inactive)     81 / 52 pJ  Time per neuron update (active / inactive) 8.4 / 5.3 ns
+#     Within-tile spike energy                         1.7 pJ      Within-tile spike latency                  2.1 ns
+#     Energy per tile hop (E-W / N-S)                  3.0 / 4.0 pJ Latency per tile hop (E-W / N-S)          4.1 / 6.5 ns
+#     Mesh-wide barrier sync time (1-32 tiles)         113-465 ns
+# Loihi 2: Intel has published no per-operation energy or time table (the Loihi 2 technology brief and Orchard
+# et al., "Efficient Neuromorphic Signal Processing with Loihi 2", SiPS 2021, give chip totals and relative
+# speed-ups only), so the Loihi 1 figures are used for both chips. Intel 4 should be cheaper per operation, so for
+# Loihi 2 this over-estimates energy (a conservative choice, stated in every report).
+# Static power: E. P. Frady et al., "Neuromorphic Nearest-Neighbor Search Using Intel's Pohoiki Springs", NICE
+# 2020, Table 1: "Static 3.34 W" for a board of 32 Loihi chips (leakage "when all circuits are fully powered"),
+# i.e. 3.34 W / 32 = 104.4 mW per chip. Measured on silicon at an unstated supply voltage, so it is not at the
+# 0.75 V of Table 2; reported apart from the per-operation (dynamic) energy, never folded into it.
+DAVIES_2018_TABLE2 = ("Davies et al., 'Loihi: A Neuromorphic Manycore Processor with On-Chip Learning', IEEE Micro "
+                      "38(1), 2018, Table 2 (pre-silicon SDF/SPICE, 0.75 V, Intel 14 nm)")
+FRADY_2020_TABLE1 = ("Frady et al., 'Neuromorphic Nearest-Neighbor Search Using Intel's Pohoiki Springs', NICE 2020, "
+                     "Table 1: static 3.34 W for 32 Loihi chips (measured, supply voltage not stated)")
+
+
+@dataclass(frozen=True)
+class TimeConstant:
+    value_ns: float
+    per: str
+    source: str
+
+
+@dataclass(frozen=True)
+class PowerConstant:
+    value_mw: float
+    per: str
+    source: str
+
+
+LOIHI_ENERGY_PJ: dict[str, EnergyConstant] = {
+    "synop": EnergyConstant(23.6, "synaptic spike op (min)", DAVIES_2018_TABLE2),
+    "synaptic_update": EnergyConstant(120.0, "synaptic update, pairwise STDP (learning; not used for inference)",
+                                      DAVIES_2018_TABLE2),
+    "neuron_update_active": EnergyConstant(81.0, "neuron update, active", DAVIES_2018_TABLE2),
+    "neuron_update_inactive": EnergyConstant(52.0, "neuron update, inactive", DAVIES_2018_TABLE2),
+    "spike_within_tile": EnergyConstant(1.7, "spike message within a tile", DAVIES_2018_TABLE2),
+    "hop_east_west": EnergyConstant(3.0, "spike message, one tile hop east-west", DAVIES_2018_TABLE2),
+    "hop_north_south": EnergyConstant(4.0, "spike message, one tile hop north-south", DAVIES_2018_TABLE2),
+}
+LOIHI_TIME_NS: dict[str, TimeConstant] = {
+    "synop": TimeConstant(3.5, "synaptic spike op (max)", DAVIES_2018_TABLE2),
+    "synaptic_update": TimeConstant(6.1, "synaptic update, pairwise STDP (not used for inference)", DAVIES_2018_TABLE2),
+    "neuron_update_active": TimeConstant(8.4, "neuron update, active", DAVIES_2018_TABLE2),
+    "neuron_update_inactive": TimeConstant(5.3, "neuron update, inactive", DAVIES_2018_TABLE2),
+    "spike_within_tile": TimeConstant(2.1, "spike latency within a tile", DAVIES_2018_TABLE2),
+    "hop_east_west": TimeConstant(4.1, "spike latency per tile hop east-west", DAVIES_2018_TABLE2),
+    "hop_north_south": TimeConstant(6.5, "spike latency per tile hop north-south", DAVIES_2018_TABLE2),
+    "barrier_1_tile": TimeConstant(113.0, "mesh-wide barrier sync, 1 tile", DAVIES_2018_TABLE2),
+    "barrier_32_tiles": TimeConstant(465.0, "mesh-wide barrier sync, 32 tiles (a whole chip)", DAVIES_2018_TABLE2),
+}
+LOIHI_STATIC_MW_PER_CHIP = PowerConstant(3340.0 / 32, "static (leakage) power of one chip", FRADY_2020_TABLE1)
+
+__all__ += ["DAVIES_2018_TABLE2", "FRADY_2020_TABLE1", "TimeConstant", "PowerConstant", "LOIHI_ENERGY_PJ",
+            "LOIHI_TIME_NS", "LOIHI_STATIC_MW_PER_CHIP"]

@@ -5,6 +5,7 @@ Supported layers, in a feed-forward chain (``nn.Sequential``) of multi-step laye
     nn.Linear          <-> nir.Affine (with bias) / nir.Linear (without)
     nn.Conv2d          <-> nir.Conv2d
     nn.Flatten         <-> nir.Flatten
+    (per-sample layers may be wrapped in ``snn.runtime.TimeFolded``)
     LIF / PLIF neuron  <-> nir.LIF     (PLIF exports its current tau)
     IF neuron          <-> nir.IF
 
@@ -64,6 +65,9 @@ def neuron_spec_of(module: nn.Module) -> NeuronSpec | None:
 def _node(name: str, module: nn.Module, shape: tuple[int, ...], dt: float):
     """``(nir node, output shape)`` of one layer, or ``(None, reason)``."""
     import nir
+
+    if isinstance(module, TimeFolded):  # a per-sample layer applied to every step (e.g. a Conv2d)
+        module = module.inner
 
     if isinstance(module, nn.Linear):
         w = module.weight.detach().numpy()
