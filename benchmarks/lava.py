@@ -5,6 +5,8 @@ Networks (each built here, seeded):
 
 - ``digits_mlp``: 64 -> 128 LIF (tau 2) -> 10 read-out, trained on digits with surrogate-gradient BPTT at T = 8;
 - ``digits_cnn``: conv 3x3 (8) -> LIF -> conv 3x3 stride 2 (16) -> LIF -> 10 read-out, trained the same way;
+- ``digits_converted_mlp``: 64 -> 256 -> 256 -> 10, a ReLU MLP trained on digits, fine-tuned with QCFS (L = 8) and
+  converted (``conversion``) with hard reset and membranes started at 0, the IF neurons Loihi runs, at T = 16;
 - ``mixed_deep``: 64 -> 96 IF -> 64 LIF (tau 8) -> 32 LIF (tau 3) -> 10 read-out, random weights and biases (not
   trained: it exercises IF, two leak constants and biases over four layers, every hidden layer firing).
 
@@ -12,10 +14,11 @@ Each goes ``snn`` model -> NIR (``snn.nir.export_nir``) -> ``neurohw.lava.deploy
 Loihi 2 cores). Measured in one run: every layer's spike trains and the read-out membrane of the torch simulator
 vs Lava's ``Loihi2SimCfg(select_tag="fixed_pt")`` (sidecar ``.venv-lava``) on the first test samples; Lava's
 timesteps per second (its ``run`` calls only, no start-up) vs the simulator's on the same samples and on the whole
-test set in batches; accuracy of the deployed vs the float network on the digits test set for T = 4..32 (PNG);
-resource map, energy and time per inference. Targets: bit-exact spike trains on all three networks; the
-simulator (batched, its purpose) >= 100x Lava's timesteps per second on every network; the deployed digits SNNs
-within 1 point of the float SNN at the training T. Writes ``lava.json``, ``lava.md`` and ``lava_accuracy_vs_T.png``.
+test set in batches; accuracy of the deployed vs the float network on the digits test set for T = 4..32 (PNG; the float network is
+the NIR graph's, which equals the ``snn`` model's output, tested);
+resource map, energy and time per inference. Targets: bit-exact spike trains on all four networks; the
+simulator (batched, its purpose) >= 100x Lava's timesteps per second on every network; each deployed digits SNN
+within 1 point of its float SNN at its T. Writes ``lava.json``, ``lava.md`` and ``lava_accuracy_vs_T.png``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from torch import nn
 from benchmarks.common import (Stopwatch, Target, add_common_args, format_table, format_targets, machine_info, save_figure,
                                versions, write_results)
 
-TRAIN_T = 8
+TRAIN_T = 8  # timesteps of the BPTT-trained SNNs (training and deployment)
+CONVERTED_T = 16  # timesteps of the converted MLP
+DIGITS_LEVELS = 16  # digits pixels are multiples of 1/16: 16 graded input levels represent them exactly
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,15 @@ def _lif(tau: float | None = 2.0):
     return build_neuron(NeuronSpec(kind="lif", tau=tau, v_threshold=1.0, v_reset=0.0, decay_input=True))
 
 
-def _networks(seed: int) -> dict[str, tuple[nn.Sequential, tuple[int, ...], bool]]:
-    """name -> (multi-step model, per-sample input shape, train it?)"""
+@dataclass
+class Net:
+    model: nn.Sequential  # multi-step (T, B, ...) -> (T, B, ...) layers, exportable with snn.nir.export_nir
+    shape: tuple[int, ...]  # per-sample input shape
+    kind: str  # "bptt" (train it here), "converted" or "random"
+    timesteps: int
+
+
+def _networks(seed: int) -> dict[str, Net]:
     from snn.runtime import TimeFolded
 
     torch.manual_seed(seed)
@@ -67,7 +79,32 @@ def _networks(seed: int) -> dict[str, tuple[nn.Sequential, tuple[int, ...], bool
         for gain, m in zip((3.0, 12.0, 8.0, 1.0), [m for m in deep if isinstance(m, nn.Linear)]):
             m.weight.mul_(gain)
             m.bias.uniform_(-0.1, 0.3).mul_(gain)
-    return {"digits_mlp": (mlp, (64,), True), "digits_cnn": (cnn, (1, 8, 8), True), "mixed_deep": (deep, (64,), False)}
+    return {"digits_mlp": Net(mlp, (64,), "bptt", TRAIN_T), "digits_cnn": Net(cnn, (1, 8, 8), "bptt", TRAIN_T),
+            "digits_converted_mlp": Net(nn.Sequential(), (64,), "converted", CONVERTED_T),
+            "mixed_deep": Net(deep, (64,), "random", TRAIN_T)}
+
+
+def _converted_mlp(data, epochs: int, seed: int, quiet: bool) -> tuple[nn.Sequential, dict]:
+    """A ReLU MLP trained on digits, fine-tuned with QCFS, converted with hard reset and membranes from 0 (what
+    Loihi's LIF can run) and rewritten with unit thresholds (``conversion.nir``)."""
+    from ann.models import MLPConfig, ReLUMLP
+    from ann.train import TrainConfig, train_classifier
+    from conversion import ConversionConfig, convert_sequential
+    from conversion.nir import to_unit_threshold_if
+    from quant.qcfs import replace_relu_with_qcfs
+
+    (x, y), (xv, yv) = data["train"], data["val"]
+    torch.manual_seed(seed)
+    ann = ReLUMLP(config=MLPConfig(hidden=(256, 256)))
+    train_classifier(ann, x_train=x, y_train=y, x_val=xv, y_val=yv, config=TrainConfig(epochs=epochs, lr=2e-3, seed=seed),
+                     progress=not quiet)
+    replace_relu_with_qcfs(ann, levels=8, x_calib=x)
+    r = train_classifier(ann, x_train=x, y_train=y, x_val=xv, y_val=yv, config=TrainConfig(epochs=max(1, epochs // 3), lr=5e-4, seed=seed),
+                         progress=not quiet)
+    snn = convert_sequential(ann, x, timesteps=CONVERTED_T, config=ConversionConfig(soft_reset=False, half_threshold_init=False))
+    with torch.no_grad():
+        ann_acc = float((ann(data["test"][0]).argmax(1) == data["test"][1]).float().mean())
+    return to_unit_threshold_if(snn), {"qcfs_val_accuracy": r.val_accuracy, "ann_test_accuracy": ann_acc}
 
 
 def _forward(model: nn.Sequential, x: torch.Tensor, shape: tuple[int, ...], timesteps: int) -> torch.Tensor:
@@ -120,20 +157,24 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {}
     curves: dict = {}
     tmp = Path(tempfile.mkdtemp(prefix="neuromfm-lava-"))
-    for name, (model, shape, trained) in _networks(args.seed).items():
-        res: dict = {"input_shape": list(shape)}
-        if trained:
-            log(f"{name}: training ({profile.epochs} epochs, T = {TRAIN_T})")
-            with Stopwatch() as sw:
+    for name, net in _networks(args.seed).items():
+        model, shape, trained = net.model, net.shape, net.kind != "random"
+        res: dict = {"input_shape": list(shape), "kind": net.kind, "timesteps": net.timesteps}
+        log(f"{name}: {net.kind}" + (f", {profile.epochs} epochs" if trained else ""))
+        with Stopwatch() as sw:
+            if net.kind == "bptt":
                 res["train"] = _train(model, shape, data, profile.epochs, args.seed, args.quiet)
+            elif net.kind == "converted":
+                model, res["train"] = _converted_mlp(data, profile.epochs, args.seed, args.quiet)
+        if trained:
             res["train"]["seconds"] = sw.seconds
         with torch.no_grad():
-            res["float_snn_accuracy_T8"] = float((_forward(model, data["test"][0], shape, TRAIN_T).argmax(1)
-                                                  == data["test"][1]).float().mean())
+            res["float_snn_accuracy"] = float((_forward(model, data["test"][0], shape, net.timesteps).argmax(1)
+                                               == data["test"][1]).float().mean())
         path = tmp / f"{name}.nir"
         nir.write(str(path), export_nir(model, input_shape=shape))  # the checkpoint handed to the Lava target
         x = x_test.reshape(-1, *shape)
-        dep = deploy(path, timesteps=TRAIN_T)
+        dep = deploy(path, timesteps=net.timesteps, input_levels=DIGITS_LEVELS)
         res["resource_map"] = dep.resource_map.to_dict()
         res["quantization"] = dep.network.source["quantization"]
         log(f"{name}: deployed ({dep.resource_map.n_cores} cores); simulator on {len(x)} test samples")
@@ -145,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         if trained:
             curves[name] = {"T": list(profile.eval_t), "float": [], "deployed": []}
             for t in profile.eval_t:
-                ev = evaluate(deploy(path, timesteps=t), x, y_test)
+                ev = evaluate(deploy(path, timesteps=t, input_levels=DIGITS_LEVELS), x, y_test)
                 curves[name]["float"].append(ev["accuracy_float"])
                 curves[name]["deployed"].append(ev["accuracy_deployed"])
         results[name] = res
@@ -158,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
                               met=r["speedup_batched"] >= 100))
         if "train" in r:
             gap = r["evaluation"]["accuracy_float"] - r["evaluation"]["accuracy_deployed"]
-            targets.append(Target(name=f"{name}_float_minus_deployed_accuracy_T8", measured=gap, goal="<= 0.01", met=gap <= 0.01))
+            targets.append(Target(name=f"{name}_float_minus_deployed_accuracy_T{r['timesteps']}", measured=gap, goal="<= 0.01",
+                                  met=gap <= 0.01))
 
     rows = []
     for name, r in results.items():
@@ -171,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     plot = _plot(curves, args.out / "lava_accuracy_vs_T.png")
     payload = {"benchmark": "lava", "profile": args.profile, "seed": args.seed, "profile_settings": asdict(profile),
-               "train_timesteps": TRAIN_T, "machine": machine_info(),
+               "machine": machine_info(),
                "versions": versions("torch", "numpy", "nir", "spikingjelly"), "networks": results, "accuracy_vs_T": curves,
                "targets": [asdict(t) for t in targets], "plot": str(plot), "wall_seconds": time.perf_counter() - t_start,
                "notes": {"speed-up": "simulator timesteps/s on the whole test set (batched) / Lava's on its samples; "

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--data", type=Path, help=".npz with x (and y): evaluate accuracy, activity, energy and time")
     d.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples of --data")
     d.add_argument("--input-max", type=float, default=1.0, help="largest input value (8-bit graded input scale; default 1)")
+    d.add_argument("--input-levels", type=int, default=None,
+                   help="graded input levels over [0, --input-max] (<= 255; default 255; digits: 16, exact)")
     d.add_argument("--dt", type=float, default=1e-4, help="seconds per timestep in the NIR graph (snn.nir's default 1e-4)")
     d.add_argument("--chip", choices=sorted(chips), default="loihi2", help="core limits and placement (default loihi2)")
     d.add_argument("--max-chips", type=int, default=1, help="refuse networks needing more chips (default 1)")
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.lava and args.data is None:
             raise ValueError("--lava N needs --data (the samples to run)")
         dep = deploy(args.checkpoint, timesteps=args.timesteps, chip=chips[args.chip], max_chips=args.max_chips,
-                     input_max=args.input_max, dt=args.dt)
+                     input_max=args.input_max, input_levels=args.input_levels, dt=args.dt)
         data = _load_data(args.data, args.limit) if args.data else None
     except (ExportError, MappingError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

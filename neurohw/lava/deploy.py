@@ -40,9 +40,10 @@ class Deployment:
 
 
 def deploy(nir_graph_or_path, *, timesteps: int, chip: ChipSpec = LOIHI2, max_chips: int = 1, input_max: float = 1.0,
-           dt: float = DT) -> Deployment:
+           input_levels: int | None = None, dt: float = DT) -> Deployment:
     """Read a NIR graph (object or ``.nir`` file), export it to fixed point (``neurohw.lava.export``) for
-    ``timesteps + L`` Loihi steps and map it onto cores (``neurohw.lava.mapping``). A network that does not fit
+    ``timesteps + L`` Loihi steps (inputs: ``input_levels`` graded levels over ``[0, input_max]``, see
+    ``neurohw.lava.export.quantize``) and map it onto cores (``neurohw.lava.mapping``). A network that does not fit
     raises ``ExportError`` / ``MappingError`` naming the layer and the limit, before anything runs."""
     import nir
 
@@ -56,7 +57,8 @@ def deploy(nir_graph_or_path, *, timesteps: int, chip: ChipSpec = LOIHI2, max_ch
     else:
         graph = nir_graph_or_path
     shape, layers = float_layers(graph, dt=dt)
-    net = quantize(shape, layers, timesteps=timesteps + len(layers), input_max=input_max, source=source)
+    net = quantize(shape, layers, timesteps=timesteps + len(layers), input_max=input_max, input_levels=input_levels,
+                   source=source)
     return Deployment(network=net, float_layers=layers, resource_map=map_network(net, chip, max_chips=max_chips),
                       timesteps=timesteps)
 

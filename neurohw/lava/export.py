@@ -13,11 +13,13 @@ Fixed point. Each layer gets its own scale ``k`` (membrane units per float unit)
     w = 2 round(k g W / 2^(e + 7))   (8-bit, even: mixed-sign Loihi weights),   so  w 2^(e + 6) ~ k g W
     vth = round(k theta / 64),   bias_mant 2^bias_exp = round(k g b),   dv = round(4096 / tau_s) (IF: 0),  du = 4095
 
-The first layer's input is graded: ``x_int = round(x * input_scale)`` (unsigned ``input_bits``), so its ``W`` is
-divided by ``input_scale``. ``k`` is the largest value that keeps every quantity in range, whatever the spikes:
+The first layer's input is graded: ``x_int = round(x * input_scale)``, ``input_scale = input_levels / input_max``
+(unsigned, at most ``input_bits`` bits), so its ``W`` is divided by ``input_scale``. ``k`` is the largest value
+that keeps every quantity in range, whatever the spikes:
 
     vth <= 2^14           (v has 2^23 / 2^20 = 8 thresholds of room below 0 before it saturates)
-    k g sum_i |W_ji| x_max < 2^23   for every neuron j   (u = a << 6 never wraps)
+    k g sum_i |W_ji| x_max <= 2^22  for every neuron j   (u = a << 6 never wraps, with room for rounding, so the
+                                                           simulator's fast path without wraps applies)
     |k g b| <= 4095 * 2^7  (bias mantissa and exponent)
     read-out: T (k g sum_i |W_ji| x_max + |k g b_j|) < 2^23 - 2^6   (v never saturates, never fires)
 
@@ -218,7 +220,7 @@ def _quantize_layer(L: FloatLayer, x_max: float, timesteps: int) -> tuple[LoihiL
         raise ExportError(f"layer {L.name!r}: all weights are zero")
     rowsum = float(np.abs(w).reshape(w.shape[0], -1).sum(1).max()) * x_max  # conv: per output channel = per neuron
     bmax = float(np.abs(b).max()) if b.size else 0.0
-    caps = {"u never wraps (2^23)": (2 ** 23 - 1) / rowsum, "bias mantissa/exponent": 4095 * 2 ** 7 / bmax if bmax else math.inf}
+    caps = {"|u| <= 2^22 (no wrap)": 2 ** 22 / rowsum, "bias mantissa/exponent": 4095 * 2 ** 7 / bmax if bmax else math.inf}
     if L.readout:
         caps["read-out v never saturates over T steps"] = (2 ** 23 - 2 ** 6) / (timesteps * (rowsum + bmax))
     else:
@@ -255,20 +257,25 @@ def _quantize_layer(L: FloatLayer, x_max: float, timesteps: int) -> tuple[LoihiL
 
 
 def quantize(input_shape: tuple[int, ...], layers: list[FloatLayer], *, timesteps: int, input_max: float = 1.0,
-             input_bits: int = 8, source: dict | None = None) -> LoihiNetwork:
-    """The fixed-point network of float ``layers`` (module docstring); ``input_max``: the largest input value
-    (inputs are graded unsigned spikes ``round(x (2^input_bits - 1) / input_max)``)."""
+             input_levels: int | None = None, input_bits: int = 8, source: dict | None = None) -> LoihiNetwork:
+    """The fixed-point network of float ``layers`` (module docstring). Inputs become graded unsigned spikes
+    ``x_int = round(x input_levels / input_max)``, ``input_levels <= 2^input_bits - 1`` (default: all of them).
+    Fewer levels leave more of the first layer's range to its weights; use the data's own levels where it has
+    them (digits: 16)."""
     if not isinstance(timesteps, int) or timesteps < 1:
         raise ValueError(f"quantize: timesteps={timesteps!r} must be an int >= 1")
     if not input_max > 0:
         raise ValueError(f"quantize: input_max={input_max} must be > 0 (inputs are unsigned graded spikes)")
     x_hi = 2 ** input_bits - 1
-    input_scale = x_hi / input_max
+    levels = x_hi if input_levels is None else input_levels
+    if not isinstance(levels, int) or not 1 <= levels <= x_hi:
+        raise ValueError(f"quantize: input_levels={input_levels!r} must be an int in [1, {x_hi}] ({input_bits}-bit input)")
+    input_scale = levels / input_max
     out, report = [], {}
     for i, L in enumerate(layers):
         if i == 0:
             L = FloatLayer(**{**L.__dict__, "weight": L.weight / input_scale})
-        layer, err = _quantize_layer(L, float(x_hi) if i == 0 else 1.0, timesteps)
+        layer, err = _quantize_layer(L, float(levels) if i == 0 else 1.0, timesteps)
         out.append(layer)
         report[L.name] = err
     return LoihiNetwork(input_shape=input_shape, layers=out, input_bits=input_bits, input_scale=input_scale,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -68,6 +70,11 @@ class _Synapse:
             raise ValueError(f"layer {layer.name!r}: synaptic sums up to {bound:.3g} are not exact in float64")
         self.dtype = torch.float32 if bound < 2 ** 24 else torch.float64
         self.w = w.to(self.dtype)
+        # Fast path: when no input can make Lava's int32 / 24-bit steps wrap, they are the identity and are skipped.
+        e = layer.weight_exp if layer.kind == "dense" else 0
+        a_max = bound * 2.0 ** e if e > 0 else math.ceil(bound / 2.0 ** -e)
+        u_max = 64 * a_max * 4096 / (layer.du + 1)  # |u| <= sum of a geometric series of |a << 6|
+        self.exact_without_wraps = (bound < 2 ** 23 and u_max <= _WRAP - 1)
 
     def __call__(self, s: torch.Tensor) -> torch.Tensor:
         L = self.layer
@@ -78,9 +85,11 @@ class _Synapse:
             g = L.conv
             y = F.conv2d(s, self.w, stride=g.stride, padding=g.padding, dilation=g.dilation, groups=g.groups)
         y = y.reshape(s.shape[0], -1).to(torch.int64)
+        e = L.weight_exp
+        if self.exact_without_wraps:
+            return y if L.kind == "conv" or e == 0 else (y << e if e > 0 else y >> -e)
         if L.kind == "conv":  # Lava's PyConvModelFixed wraps the sum into 24 bits
             return torch.bitwise_and(y + 2 ** 23, 2 ** 24 - 1) - 2 ** 23
-        e = L.weight_exp
         return _i32(torch.bitwise_left_shift(_i32(y), e) if e > 0 else torch.bitwise_right_shift(_i32(y), -e))
 
 
@@ -103,7 +112,8 @@ def simulate(net: LoihiNetwork, x: np.ndarray | torch.Tensor, timesteps: int, *,
         raise ValueError(f"simulate: x must be integers in [0, {2 ** net.input_bits - 1}] (LoihiNetwork.quantize_input)")
     x = x.to(torch.int64)
     B = x.shape[0]
-    syn = [_Synapse(layer, 2 ** net.input_bits - 1 if i == 0 else 1) for i, layer in enumerate(net.layers)]
+    x_max = int(x.max()) if x.numel() else 0  # the largest graded input bounds the first layer's sums
+    syn = [_Synapse(layer, x_max if i == 0 else 1) for i, layer in enumerate(net.layers)]
     n = [layer.n_out for layer in net.layers]
     u = [torch.zeros(B, k, dtype=torch.int64) for k in n]
     v = [torch.zeros(B, k, dtype=torch.int64) for k in n]
@@ -121,12 +131,13 @@ def simulate(net: LoihiNetwork, x: np.ndarray | torch.Tensor, timesteps: int, *,
         for i, layer in enumerate(net.layers):
             src = prev_x if i == 0 else prev[i - 1]
             a = syn[i](src) if src is not None else None
-            uu = _i32(_decay(u[i], layer.du + 1))
-            if a is not None:
-                uu = _i32(uu + _i32(torch.bitwise_left_shift(a, 6)))
-            uu = torch.where(uu > _WRAP, uu - 2 * _WRAP, torch.where(uu <= -_WRAP, uu + 2 * _WRAP, uu))  # one correction
-            u[i] = uu
-            vv = _i32(_i32(_decay(v[i], layer.dv)) + uu + bias[i]).clamp(-UV_MAX, UV_MAX)
+            if syn[i].exact_without_wraps:  # the same steps without the (provably idle) int32 wraps and correction
+                uu = _decay(u[i], layer.du + 1) if layer.du < 4095 else torch.zeros_like(u[i])
+                u[i] = uu = uu + (a << 6) if a is not None else uu
+                vv = (_decay(v[i], layer.dv) if layer.dv else v[i]) + uu + bias[i]
+                vv = vv.clamp(-UV_MAX, UV_MAX)
+            else:
+                u[i], vv = _step_with_wraps(u[i], v[i], layer, a, bias[i])
             s = vv > vth[i]  # a read-out layer has the largest vth; it fires only if v saturates above it
             v[i] = torch.where(s, torch.zeros_like(vv), vv)
             counts[i] += s
@@ -135,3 +146,13 @@ def simulate(net: LoihiNetwork, x: np.ndarray | torch.Tensor, timesteps: int, *,
             spikes.append(s)
         prev, prev_x = spikes, xt
     return SimResult(spike_counts=counts, v_final=v[-1], input_events=events, spikes=trains)
+
+
+def _step_with_wraps(u: torch.Tensor, v: torch.Tensor, layer: LoihiLayer, a: torch.Tensor | None,
+                     bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of a layer in Lava's int32 arithmetic: the new ``u`` and the new ``v`` before firing."""
+    uu = _i32(_decay(u, layer.du + 1))
+    if a is not None:
+        uu = _i32(uu + _i32(torch.bitwise_left_shift(a, 6)))
+    uu = torch.where(uu > _WRAP, uu - 2 * _WRAP, torch.where(uu <= -_WRAP, uu + 2 * _WRAP, uu))  # one correction
+    return uu, _i32(_i32(_decay(v, layer.dv)) + uu + bias).clamp(-UV_MAX, UV_MAX)

@@ -16,7 +16,7 @@ from neurohw.lava.deploy import check_against_lava, deploy, evaluate
 from neurohw.lava.export import ExportError, float_layers, float_reference, quantize
 from neurohw.lava.mapping import LOIHI1, MappingError
 from neurohw.lava.network import ConvGeometry, LoihiLayer, LoihiNetwork
-from neurohw.lava.sim import simulate
+from neurohw.lava.sim import _Synapse, simulate
 
 HAS_LAVA = (Path(sidecar.ROOT) / ".venv-lava" / "bin" / "python").exists()
 needs_lava = pytest.mark.skipif(not HAS_LAVA, reason=".venv-lava not built (NEUROMFM_SKIP_LAVA=1 or no Python 3.10)")
@@ -53,7 +53,10 @@ def random_networks(seed: int = 1) -> dict[str, LoihiNetwork]:
 def test_simulator_spike_trains_equal_lavas_bit_for_bit(monkeypatch):
     monkeypatch.delenv("NEUROMFM_LAVA_PYTHON", raising=False)
     rng = np.random.default_rng(0)
-    for name, net in random_networks().items():
+    nets = random_networks()
+    paths = {_Synapse(layer, 255 if i == 0 else 1).exact_without_wraps for net in nets.values() for i, layer in enumerate(net.layers)}
+    assert paths == {True, False}  # both the fast path and Lava's int32 wraps are compared
+    for name, net in nets.items():
         assert not net.violations()
         x = rng.integers(0, 256, (3, *net.input_shape)).astype(np.int32)
         lava = sidecar.run_lava(net, x, 20, timeout_s=180)
@@ -166,7 +169,7 @@ def test_export_refuses_a_layer_it_cannot_represent():
 def test_deploy_refuses_a_network_that_does_not_fit():
     g = nir.NIRGraph.from_list(nir.Affine(np.ones((4, 5000)) * 0.01, np.zeros(4)), _lif(4), nir.Affine(np.ones((2, 4)), np.zeros(2)))
     with pytest.raises(MappingError, match="affine"):
-        deploy(g, timesteps=4, chip=LOIHI1)
+        deploy(g, timesteps=4, chip=LOIHI1, input_levels=1)
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
