@@ -33,9 +33,9 @@ def _load_data(path: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from neurohw.lava.mapping import LOIHI1, LOIHI2
+    from neurohw.lava.mapping import CHIPS
 
-    chips = {"loihi1": LOIHI1, "loihi2": LOIHI2}
+    chips = {name.lower(): chip for name, chip in CHIPS.items()}
     p = argparse.ArgumentParser(prog="python -m neurohw.lava", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("deploy", help="export, map, evaluate (and optionally run in Lava) a NIR spiking network")
