@@ -67,11 +67,10 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def quantize_command(args: argparse.Namespace) -> dict:
     """Sensitivity -> allocation -> quantized model on disk; returns what ``allocation.json`` holds."""
-    import torch
-
-    from quant.allocate import Budget, flat_allocate, hierarchical_allocate
+    from quant.allocate import Budget
     from quant.hierarchy import build_hierarchy
-    from quant.model_io import model_memory, quantize_model, save_quantized, tied_weight_groups
+    from quant.mixed import mixed_config
+    from quant.model_io import model_memory, quantize_model, save_quantized
     from quant.quantizer import QuantSpec, fake_quant
     from quant.sensitivity import Sensitivity
 
@@ -87,21 +86,8 @@ def quantize_command(args: argparse.Namespace) -> dict:
     budget_bits = args.avg_bits * root.params
     if args.budget_mb is not None:
         budget_bits = min(budget_bits, args.budget_mb * 2 ** 20 * 8)
-    budget = Budget(bytes=budget_bits / 8)
-    levels = ("modality", "block", "sublayer")
-    with torch.no_grad():
-        alloc = (flat_allocate(root, sens.fn(args.metric), args.choices, budget) if args.flat else
-                 hierarchical_allocate(root, sens.fn(args.metric), args.choices, budget, levels=levels))
-    bit_config: dict[str, QuantSpec] = {}
-    for node in root.at_level("sublayer"):
-        b = alloc.bits[node.leaves()[0].name]  # the search stops at sublayers: all of a sublayer's leaves agree
-        for module in node.modules:
-            bit_config[module] = spec(b)
-    for group in tied_weight_groups(model):  # a tied weight is quantized once, with one spec for all its holders
-        specs = {bit_config[n] for n in group if n in bit_config}
-        for n in group:
-            if specs:
-                bit_config[n] = next(iter(specs))
+    bit_config, alloc = mixed_config(model, root, sens.fn(args.metric), args.choices, Budget(bytes=budget_bits / 8),
+                                     spec, flat=args.flat)
     qmodel = quantize_model(model, bit_config, act_bits=args.act_bits)
     save_quantized(qmodel, bit_config, args.out)
     tok.save_pretrained(str(args.out))

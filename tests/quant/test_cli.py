@@ -31,7 +31,8 @@ def model_dir(tmp_path_factory):
 def test_quantize_writes_a_model_that_reloads_and_a_report(model_dir, tmp_path, capsys):
     out = tmp_path / "q"
     code = cli(["quantize", str(model_dir), "--avg-bits", "4.5", "--calib", str(model_dir / "calib.txt"), "--out", str(out),
-                "--calib-tokens", "32", "--calib-batches", "2", "--choices", "2", "4", "8", "--group-size", "16"])
+                "--calib-tokens", "32", "--calib-batches", "2", "--choices", "2", "4", "8", "--group-size", "16",
+                "--metric", "hawq", "--probes", "2"])
     assert code == 0, capsys.readouterr().err
     info = json.loads((out / "allocation.json").read_text())
     assert info["average_bits"] <= 4.5 and set(info["bits"].values()) <= {2, 4, 8}
