@@ -18,8 +18,6 @@ feeding consumers ``W_c`` through channels ``j``,
     t_j = max|x_j|^alpha / max_c max_n |W_c[n, j]|^(1 - alpha),   producer_j /= t_j,   W_c[:, j] *= t_j
 
 which leaves the float network's function unchanged (exactly, up to float rounding) and balances the ranges.
-
-``torch._int_mm`` needs more than 16 rows on CPU, so fewer rows are zero-padded (measured cheaper than fp32).
 """
 
 from __future__ import annotations
@@ -29,12 +27,9 @@ import warnings
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Int8Linear", "to_int8", "calibrate_input_absmax", "smooth", "llama_smoothing_pairs"]
-
-_MIN_ROWS = 17
 
 
 class Int8Linear(nn.Module):
@@ -68,12 +63,9 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, shape[-1]).float()
         s = x2.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
         xq = torch.round(x2 / s).to(torch.int8)
-        rows = xq.shape[0]
-        if rows < _MIN_ROWS:
-            xq = F.pad(xq, (0, 0, 0, _MIN_ROWS - rows))
-        y = torch._int_mm(xq, self.weight_t)[:rows].float() * (s * self.weight_scale)
+        y = torch._int_mm(xq, self.weight_t).float().mul_(s).mul_(self.weight_scale)
         if self.bias is not None:
-            y = y + self.bias
+            y.add_(self.bias)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
