@@ -1,0 +1,371 @@
+"""Hierarchy-aware mixed-precision quantization vs uniform quantization at the same average bit width, on the MFM
+(SynthMed-VQA accuracy) and on SmolLM2-135M (held-out bits per byte), and real int8 decoding of SmolLM2.
+
+In one run:
+
+- SmolLM2-135M-Instruct (``ann.models.smollm2``), bits per byte and perplexity on ``ann.train.code.EvalProtocol``'s
+  held-out files: fp32; uniform b-bit weights (group-wise symmetric, group 128) for every b of the profile;
+  mixed precision at each average bit width of the profile, allocated by the hierarchy-aware ILP
+  (``quant.mixed``) from KL sensitivities measured on calibration text (the protocol's validation files); the
+  flat per-layer ILP at the same budget, for the search cost. Weights only (activations in float): 8-bit
+  per-tensor activations are the int8 path's business below.
+- Real int8 decoding of SmolLM2: greedy tokens per second of fp32, of ours (``quant.int8``: W8A8 through
+  ``torch._int_mm``, per-token activation scales, SmoothQuant with alpha chosen on calibration text) and of
+  PyTorch's dynamic quantization (``quant.qmodules.int8_dynamic``), timed alternately in the same run, with the
+  bits per byte of each.
+- The MFM (``ann.models.mfm``, small in the quick profile, large in the full one, as ``benchmarks.models``' full
+  profile trains it, read from its cache or trained here: 11 min for the small one on 2 cores): SynthMed-VQA
+  test accuracy of fp32, uniform and mixed configurations, sensitivities measured on the answer-slot logits of
+  validation images.
+- Memory of every configuration: in RAM (parameters + buffers) and on disk (``quant.save_quantized``).
+
+Targets: at every average bit width of the profile that a uniform width matches, mixed precision is closer to
+fp32 than uniform (MFM accuracy, SmolLM2 bits per byte); int8 decoding >= 1.8x fp32's tokens per second with at
+most 2 % higher perplexity. Writes ``quant.json``, ``quant.md`` and ``quant_pareto.png`` (average bits vs metric).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import Target, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
+
+
+@dataclass(frozen=True)
+class Profile:
+    eval_bytes: int  # held-out bytes for SmolLM2's bits per byte
+    calib_tokens: int
+    calib_batches: int
+    choices: tuple[int, ...]  # widths the allocator chooses from
+    uniform_bits: tuple[int, ...]
+    avg_bits: tuple[float, ...]  # budgets of the mixed configurations
+    decode_tokens: int
+    mfm_size: str
+    mfm_calib_images: int
+
+
+PROFILES = {
+    "quick": Profile(eval_bytes=16_000, calib_tokens=64, calib_batches=1, choices=(2, 3, 4, 8), uniform_bits=(2, 3, 4, 8),
+                     avg_bits=(3.0, 4.0), decode_tokens=32, mfm_size="small", mfm_calib_images=16),
+    "full": Profile(eval_bytes=100_000, calib_tokens=256, calib_batches=4, choices=(2, 3, 4, 5, 6, 8),
+                    uniform_bits=(2, 3, 4, 5, 6, 8), avg_bits=(2.5, 3.0, 3.5, 4.0, 4.5, 5.0), decode_tokens=64,
+                    mfm_size="large", mfm_calib_images=64),
+}
+GROUP = 128
+ALPHAS = (0.5, 0.65, 0.8)
+
+
+def _spec(bits: int):
+    from quant.quantizer import QuantSpec
+
+    return QuantSpec(bits=bits, granularity="group", group_size=GROUP)
+
+
+def _fq(w: torch.Tensor, bits: int) -> torch.Tensor:
+    from quant.quantizer import fake_quant
+
+    return w if bits >= 16 else fake_quant(w, _spec(bits))
+
+
+def _memory(qmodel) -> dict:
+    from quant.model_io import model_memory
+
+    return {"ram_bytes": model_memory(qmodel)["total"]}
+
+
+def _disk_bytes(qmodel, config) -> int:
+    from quant.model_io import save_quantized
+
+    with tempfile.TemporaryDirectory() as d:
+        save_quantized(qmodel, config, d)
+        return sum(p.stat().st_size for p in Path(d).iterdir() if p.is_file())
+
+
+def _variants(model, root, sens, profile: Profile, log) -> dict:
+    """name -> (bit config, allocation info or None)."""
+    from quant.allocate import Budget
+    from quant.mixed import mixed_config, uniform_config
+
+    out = {f"uniform {b}-bit": (uniform_config(model, root, _spec(b)), None) for b in profile.uniform_bits}
+    for avg in profile.avg_bits:
+        for flat in (False, True) if avg == profile.avg_bits[-1] else (False,):
+            name = f"mixed {avg:g}-bit" + (" (flat ILP)" if flat else "")
+            log(f"  allocating {name}")
+            cfg, alloc = mixed_config(model, root, sens.fn("kl"), profile.choices, Budget(avg_bits=avg), _spec, flat=flat)
+            out[name] = (cfg, {"average_bits": alloc.average_bits, "evaluations": alloc.cost.evaluations,
+                               "sensitivity_seconds": alloc.cost.sensitivity_seconds, "solve_seconds": alloc.cost.solve_seconds,
+                               "ilp_variables": alloc.cost.ilp_variables,
+                               "widths": {b: sum(1 for s in cfg.values() if s.bits == b) for b in profile.choices}})
+    return out
+
+
+def _avg_bits(root, config) -> float:
+    from quant.hierarchy import Level
+
+    total = bits = 0
+    for node in root.at_level(Level.SUBLAYER):
+        b = config[node.modules[0]].bits
+        total += node.params
+        bits += node.params * b
+    return bits / total
+
+
+# --------------------------------------------------------------------------------------------------- SmolLM2
+def _smollm2(profile: Profile, log) -> dict:
+    from ann.models.smollm2 import load_smollm2
+    from ann.train.code import EvalProtocol, held_out_files
+    from quant.hierarchy import build_hierarchy
+    from quant.model_io import quantize_model
+    from quant.sensitivity import Sensitivity
+
+    model, tok = load_smollm2()
+    model.eval()
+    protocol = EvalProtocol(eval_bytes=profile.eval_bytes)
+    calib_text = "\n".join(f.text for f in held_out_files(40_000, split="val"))
+    ids = tok(calib_text, return_tensors="pt").input_ids[0]
+    n = profile.calib_tokens
+    batches = [{"input_ids": ids[i * n:(i + 1) * n][None], "attention_mask": torch.ones(1, n, dtype=torch.long)}
+               for i in range(profile.calib_batches)]
+
+    def bpb(m) -> dict:
+        with torch.no_grad():
+            r = protocol.evaluate(m, tok, progress=False)
+        return {"bits_per_byte": r["bits_per_byte"], "perplexity": r["perplexity"]}
+
+    res: dict = {"fp32": {**bpb(model), "average_bits": 32.0, "ram_bytes": sum(p.numel() * 4 for p in model.parameters())}}
+    log(f"smollm2 fp32: {res['fp32']}")
+    root = build_hierarchy(model)
+    sens = Sensitivity(model, root, batches, fake_quant=_fq)
+    t0 = time.perf_counter()
+    variants = _variants(model, root, sens, profile, log)
+    res["sensitivity"] = {"seconds": time.perf_counter() - t0, "evaluations": dict(sens.cost.evaluations)}
+    for name, (cfg, info) in variants.items():
+        qm = quantize_model(model, cfg, act_bits=None)
+        r = {**bpb(qm), "average_bits": _avg_bits(root, cfg), **_memory(qm), "disk_bytes": _disk_bytes(qm, cfg)}
+        if info:
+            r["allocation"] = info
+        res[name] = r
+        log(f"smollm2 {name}: bpb {r['bits_per_byte']:.4f}, avg bits {r['average_bits']:.3f}")
+        del qm
+    res["int8"] = _int8(model, tok, batches, bpb, profile, log)
+    return res
+
+
+def _decode_tps(model, ids: torch.Tensor, n: int) -> float:
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = model(nxt, past_key_values=past, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        return n / (time.perf_counter() - t0)
+
+
+def _int8(model, tok, batches, bpb, profile: Profile, log) -> dict:
+    from quant.int8 import calibrate_input_absmax, llama_smoothing_pairs, smooth, to_int8
+    from quant.qmodules import int8_dynamic
+
+    pairs = llama_smoothing_pairs(model)
+    calib = batches[0]["input_ids"]
+    amax = calibrate_input_absmax(model, lambda m: m(calib), [c for _, cs in pairs for c in cs])
+    with torch.no_grad():
+        ref = torch.log_softmax(model(calib).logits.double(), -1)
+
+    def calib_kl(m) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.kl_div(torch.log_softmax(m(calib).logits.double(), -1), ref,
+                                                    log_target=True, reduction="batchmean"))
+
+    kls = {}
+    for a in ALPHAS:
+        kls[a] = calib_kl(to_int8(smooth(copy.deepcopy(model), pairs, amax, alpha=a)))
+    alpha = min(kls, key=kls.get)
+    ours = to_int8(smooth(copy.deepcopy(model), pairs, amax, alpha=alpha))
+    peer = int8_dynamic(model)
+    prompt = tok("def fibonacci(n):\n    ", return_tensors="pt").input_ids
+    models = {"fp32": model, "ours int8 (W8A8, SmoothQuant)": ours, "torch.ao dynamic int8": peer}
+    tps = {k: [] for k in models}
+    for _ in range(3):  # alternate, keep the best of each (the least disturbed by the machine)
+        for k, m in models.items():
+            tps[k].append(_decode_tps(m, prompt, profile.decode_tokens))
+    out = {"alpha": alpha, "calibration_kl": {str(k): v for k, v in kls.items()}}
+    for k, m in models.items():
+        out[k] = {"tokens_per_second": max(tps[k]), "all_runs": tps[k], **bpb(m)}
+        log(f"int8 {k}: {out[k]['tokens_per_second']:.1f} tok/s, bpb {out[k]['bits_per_byte']:.4f}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- MFM
+def _first_images(data, k: int):
+    """The samples of the first ``k`` images of a :class:`ann.train.vqa.VQATensors`, as one."""
+    import dataclasses
+
+    import numpy as np
+
+    idx = torch.from_numpy(data.by_image[:k].reshape(-1))
+    q = data.by_image.shape[1]
+    return dataclasses.replace(
+        data, images=data.images[:k], image_index=data.image_index[idx], input_ids=data.input_ids[idx],
+        attention_mask=data.attention_mask[idx], labels=data.labels[idx], prompt_ids=data.prompt_ids[idx],
+        prompt_mask=data.prompt_mask[idx], by_image=np.arange(k * q).reshape(k, q),
+        answers=tuple(data.answers[i] for i in idx.tolist()), all_answers=data.all_answers[:k])
+
+
+def _mfm(profile: Profile, log, cache_dir: Path) -> dict:
+    from ann.models.mfm import MFMForConditionalGeneration
+    from ann.train.vqa import answer_slot_logits, encode_vqa, evaluate_mfm
+    from benchmarks.models import _mfm_argv, run_entry
+    from quant.hierarchy import build_hierarchy
+    from quant.model_io import quantize_model
+    from quant.sensitivity import Sensitivity
+    from tasks.synthmed import SynthMedConfig, load_synthmed
+    from transformers import AutoTokenizer
+
+    # the MFM as benchmarks.models' full profile trains it (cached there; the quick profile's MFM barely
+    # leaves the question-only prior, which would make every configuration look alike)
+    folder, metrics, _ = run_entry(f"mfm-{profile.mfm_size}", "ann.train.synthmed", _mfm_argv(profile.mfm_size)("full", {}),
+                                   cache_dir, log)
+    model = MFMForConditionalGeneration.from_pretrained(folder / "model").eval()
+    tok = AutoTokenizer.from_pretrained(folder / "model")
+    cfg = SynthMedConfig(**metrics["data"])
+    V = model.num_visual_tokens
+    test_split, val_split = load_synthmed("test", cfg), load_synthmed("val", cfg)
+    test, val = encode_vqa(test_split, tok, V), encode_vqa(val_split, tok, V)
+    calib = _first_images(val, min(profile.mfm_calib_images, len(val.images)))
+
+    def forward(m, _batch):  # the calibration batch: the answer-slot logits of the first validation images
+        return answer_slot_logits(m, calib, images_per_batch=len(calib.images))
+
+    image_token = model.config.image_token_id
+
+    def accuracy(m) -> float:
+        # A badly quantized model can emit <image> as an answer word; ann.train.vqa.predict_answers would then
+        # take it for an image slot and fail, so <image> is never a candidate answer token here (all models alike).
+        def no_image_token(_mod, _inp, out):
+            out[..., image_token] = float("-inf")
+            return out
+
+        handle = m.lm_head.register_forward_hook(no_image_token)
+        try:
+            return evaluate_mfm(m, tok, test, test_split)["accuracy"]
+        finally:
+            handle.remove()
+
+    res: dict = {"fp32": {"accuracy": accuracy(model), "average_bits": 32.0,
+                          "ram_bytes": sum(p.numel() * 4 for p in model.parameters())}, "params": metrics["params"]}
+    root = build_hierarchy(model)
+    res["modalities"] = {n.name: n.params for n in root.at_level("modality")}
+    sens = Sensitivity(model, root, [None], fake_quant=_fq, forward=forward)
+    t0 = time.perf_counter()
+    variants = _variants(model, root, sens, profile, log)
+    res["sensitivity"] = {"seconds": time.perf_counter() - t0, "evaluations": dict(sens.cost.evaluations)}
+    for name, (qcfg, info) in variants.items():
+        qm = quantize_model(model, qcfg, act_bits=None)
+        r = {"accuracy": accuracy(qm), "average_bits": _avg_bits(root, qcfg), **_memory(qm), "disk_bytes": _disk_bytes(qm, qcfg)}
+        if info:
+            r["allocation"] = info
+        res[name] = r
+        log(f"mfm {name}: accuracy {r['accuracy']:.4f}, avg bits {r['average_bits']:.3f}")
+    return res
+
+
+# --------------------------------------------------------------------------------------------------- report
+def _targets(mfm: dict, lm: dict, profile: Profile) -> list[Target]:
+    out = []
+    for avg in profile.avg_bits:
+        if int(avg) != avg or int(avg) not in profile.uniform_bits:
+            continue
+        u, m = f"uniform {int(avg)}-bit", f"mixed {avg:g}-bit"
+        gap_u, gap_m = mfm["fp32"]["accuracy"] - mfm[u]["accuracy"], mfm["fp32"]["accuracy"] - mfm[m]["accuracy"]
+        out.append(Target(f"mfm_mixed_closer_to_fp32_than_uniform_at_{avg:g}_bits", gap_u - gap_m,
+                          "> 0 (accuracy points gained over uniform)", gap_m < gap_u))
+        gu, gm = lm[u]["bits_per_byte"] - lm["fp32"]["bits_per_byte"], lm[m]["bits_per_byte"] - lm["fp32"]["bits_per_byte"]
+        out.append(Target(f"smollm2_mixed_closer_to_fp32_than_uniform_at_{avg:g}_bits", gu - gm,
+                          "> 0 (bits per byte saved over uniform)", gm < gu))
+    i8 = lm["int8"]
+    ours, fp = i8["ours int8 (W8A8, SmoothQuant)"], i8["fp32"]
+    speed = ours["tokens_per_second"] / fp["tokens_per_second"]
+    ppl = ours["perplexity"] / fp["perplexity"] - 1
+    out.append(Target("smollm2_int8_decode_speedup", speed, ">= 1.8", speed >= 1.8))
+    out.append(Target("smollm2_int8_perplexity_increase", ppl, "<= 0.02", ppl <= 0.02))
+    return out
+
+
+def _plot(mfm: dict, lm: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, (res, key, title) in zip(axes, ((mfm, "accuracy", "MFM SynthMed-VQA accuracy"),
+                                            (lm, "bits_per_byte", "SmolLM2 bits per byte (lower is better)"))):
+        for kind, style in (("uniform", "o--"), ("mixed", "s-")):
+            pts = sorted((r["average_bits"], r[key]) for n, r in res.items()
+                         if n.startswith(kind) and "flat" not in n and isinstance(r, dict) and key in r)
+            if pts:
+                ax.plot(*zip(*pts), style, label=kind)
+        ax.axhline(res["fp32"][key], color="k", lw=0.8, label="fp32")
+        ax.set_xlabel("average weight bits")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quant", description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/models"), help="trained MFMs (benchmarks.models' cache)")
+    args = p.parse_args(argv)
+    profile = PROFILES[args.profile]
+    torch.manual_seed(args.seed)
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[quant {time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
+
+    mfm = _mfm(profile, log, args.cache_dir)
+    lm = _smollm2(profile, log)
+    targets = _targets(mfm, lm, profile)
+    rows = []
+    for model_name, res, key in (("MFM", mfm, "accuracy"), ("SmolLM2", lm, "bits_per_byte")):
+        for name, r in res.items():
+            if isinstance(r, dict) and key in r:
+                a = r.get("allocation") or {}
+                rows.append([model_name, name, r["average_bits"], r[key], r.get("ram_bytes", 0) / 2 ** 20,
+                             r.get("disk_bytes", 0) / 2 ** 20, a.get("evaluations", "")])
+    table = format_table(["model", "config", "avg bits", "metric", "RAM MiB", "disk MiB", "search evals"], rows)
+    i8 = lm["int8"]
+    int8_rows = [[k, v["tokens_per_second"], v["bits_per_byte"], v["perplexity"]] for k, v in i8.items() if isinstance(v, dict)
+                 and "tokens_per_second" in v]
+    int8_table = format_table(["SmolLM2 decoding", "tokens/s", "bits/byte", "perplexity"], int8_rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot = _plot(mfm, lm, args.out / "quant_pareto.png")
+    payload = {"benchmark": "quant", "profile": args.profile, "seed": args.seed, "profile_settings": asdict(profile),
+               "group_size": GROUP, "machine": machine_info(), "versions": versions("torch", "transformers", "pulp"),
+               "mfm": mfm, "smollm2": lm, "targets": [asdict(t) for t in targets], "plot": str(plot),
+               "wall_seconds": time.perf_counter() - t_start,
+               "notes": {"metric": "MFM: exact-match answer accuracy on the SynthMed test split; SmolLM2: bits per byte of "
+                                   "EvalProtocol's held-out files", "weights": "weight-only fake quantization for the "
+                                   "uniform / mixed configurations (group-wise symmetric, packed in memory); activations float"}}
+    md = "\n\n".join(["# benchmarks.quant", table, int8_table, format_targets(targets, markdown=True)])
+    write_results(args.out, "quant", payload, markdown=md)
+    print(table)
+    print(int8_table)
+    print(format_targets(targets))
+    return json.loads(json.dumps(payload, default=str))
+
+
+if __name__ == "__main__":
+    main()
