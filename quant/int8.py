@@ -29,7 +29,31 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["Int8Linear", "to_int8", "calibrate_input_absmax", "smooth", "llama_smoothing_pairs"]
+__all__ = ["Int8Linear", "ActivationCache", "to_int8", "calibrate_input_absmax", "smooth", "llama_smoothing_pairs"]
+
+
+def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (per-token) symmetric int8: ``(x_q (M, K) int8, s_x (M, 1))`` of ``x (..., K)``."""
+    x2 = x.reshape(-1, x.shape[-1]).float()
+    s = torch.linalg.vector_norm(x2, float("inf"), dim=1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny).div_(127.0)
+    return torch.round(x2 / s).to(torch.int8), s
+
+
+class ActivationCache:
+    """The quantized form of the last input tensor, shared by the int8 layers of a model: layers that read the
+    same tensor (q/k/v projections, gate/up projections) quantize it once. A hit needs the very same tensor
+    object at the same version (an in-place change bumps it); the cache holds a reference to it, so its memory
+    cannot be reused by another tensor while cached."""
+
+    def __init__(self) -> None:
+        self._x: torch.Tensor | None = None
+        self._version = -1
+        self._value: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def get(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x is not self._x or x._version != self._version:
+            self._x, self._version, self._value = x, x._version, _quantize_rows(x)
+        return self._value
 
 
 class Int8Linear(nn.Module):
@@ -41,6 +65,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_t", torch.zeros(in_features, out_features, dtype=torch.int8))  # W_q^T (K, N)
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.act_cache: ActivationCache | None = None  # shared by the layers of one model (to_int8)
 
     @classmethod
     @torch.no_grad()
@@ -60,10 +85,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).float()
-        s = x2.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
-        xq = torch.round(x2 / s).to(torch.int8)
-        y = torch._int_mm(xq, self.weight_t).float().mul_(s).mul_(self.weight_scale)
+        xq, s = self.act_cache.get(x) if self.act_cache is not None else _quantize_rows(x)
+        y = torch._int_mm(xq, self.weight_t) * (s * self.weight_scale)  # int32 * float -> float
         if self.bias is not None:
             y.add_(self.bias)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
@@ -79,10 +102,13 @@ def to_int8(model: nn.Module, *, skip: Iterable[str] = ()) -> nn.Module:
     if unknown:
         raise ValueError(f"to_int8: skip names {sorted(unknown)} are not modules of the model")
     model = copy.deepcopy(model)
+    cache = ActivationCache()
     for name, m in list(model.named_modules()):
         if isinstance(m, nn.Linear) and name not in skip:
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, Int8Linear.from_linear(m))
+            q = Int8Linear.from_linear(m)
+            q.act_cache = cache
+            setattr(model.get_submodule(parent) if parent else model, child, q)
     return model
 
 

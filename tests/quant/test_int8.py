@@ -68,3 +68,23 @@ def test_smoothquant_leaves_the_float_model_unchanged_and_balances_ranges():
     assert ratio(after[q]) < ratio(amax[q]) / 2  # the outlier channel is flattened
     with pytest.raises(ValueError, match="alpha"):
         smooth(model, pairs, amax, alpha=1.5)
+
+
+def test_layers_reading_one_tensor_quantize_it_once_and_never_reuse_a_stale_copy():
+    from quant.int8 import ActivationCache
+
+    torch.manual_seed(0)
+    a, b = Int8Linear.from_linear(nn.Linear(16, 8)), Int8Linear.from_linear(nn.Linear(16, 4))
+    x = torch.randn(3, 16)
+    fresh_a, fresh_b = a(x), b(x)
+    cache = ActivationCache()
+    a.act_cache = b.act_cache = cache
+    assert torch.equal(a(x), fresh_a) and torch.equal(b(x), fresh_b)
+    first = cache._value
+    b(x)
+    assert cache._value is first  # hit: the same quantized tensor
+    x.mul_(2.0)  # in place: the version changes, the cached codes are stale
+    cached = b(x)
+    assert cache._value is not first
+    b.act_cache = None
+    assert torch.equal(cached, b(x)) and not torch.equal(cached, fresh_b)
