@@ -185,14 +185,16 @@ def float_reference(layers: list[FloatLayer], x: np.ndarray, timesteps: int) -> 
         B = xs.shape[0]
         v = [torch.zeros(B, math.prod(L.out_shape), dtype=torch.float64) for L in layers]
         out = torch.zeros_like(v[-1])
+        weights = [torch.from_numpy(L.weight) for L in layers]
+        biases = [torch.from_numpy(L.bias.reshape(-1)) for L in layers]
         for _ in range(timesteps):
             s = xs
             for i, L in enumerate(layers):
-                w = torch.from_numpy(L.weight)
+                w = weights[i]
                 s = s.reshape(B, *L.in_shape)
                 y = s.reshape(B, -1) @ w.T if L.kind == "dense" else F.conv2d(
                     s, w, stride=L.conv.stride, padding=L.conv.padding, dilation=L.conv.dilation, groups=L.conv.groups)
-                y = y.reshape(B, -1) + torch.from_numpy(L.bias.reshape(-1))
+                y = y.reshape(B, -1) + biases[i]
                 if L.readout:
                     out += y
                     break
