@@ -1,5 +1,6 @@
 r"""Real int8 execution of linear layers on CPU: W8A8 with per-output-channel weight scales and per-token
-activation scales, through PyTorch's integer GEMM (``torch._int_mm``: int8 x int8 -> int32).
+activation scales, through PyTorch's integer GEMM (``torch._int_mm``: int8 x int8 -> int32); or weight-only int8
+(W8A16: bfloat16 activations, ``aten._weight_int8pack_mm``), see :class:`Int8Linear`.
 
 For a linear layer ``y = x W^T + b`` with ``x`` of shape ``(M, K)`` (M tokens) and ``W`` of shape ``(N, K)``:
 
@@ -18,6 +19,9 @@ feeding consumers ``W_c`` through channels ``j``,
     t_j = max|x_j|^alpha / max_c max_n |W_c[n, j]|^(1 - alpha),   producer_j /= t_j,   W_c[:, j] *= t_j
 
 which leaves the float network's function unchanged (exactly, up to float rounding) and balances the ranges.
+
+Layers that read one tensor (q/k/v, gate/up; found by :func:`shared_input_groups`) can run as one fused GEMM
+(``to_int8(..., fuse=groups)``): one activation quantization and one kernel call instead of three or two.
 """
 
 from __future__ import annotations
@@ -29,87 +33,182 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["Int8Linear", "ActivationCache", "to_int8", "calibrate_input_absmax", "smooth", "llama_smoothing_pairs"]
+__all__ = ["ACTIVATIONS", "Int8Linear", "Int8Slice", "to_int8", "shared_input_groups", "calibrate_input_absmax", "smooth", "llama_smoothing_pairs"]
 
 
-def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (per-token) symmetric int8: ``(x_q (M, K) int8, s_x (M, 1))`` of ``x (..., K)``."""
-    x2 = x.reshape(-1, x.shape[-1]).float()
-    s = torch.linalg.vector_norm(x2, float("inf"), dim=1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny).div_(127.0)
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (per-token) symmetric int8 of ``x2 (M, K)``: ``(x_q (M, K) int8, s_x (M, 1))``."""
+    s = torch.linalg.vector_norm(x2, float("inf"), dim=1, keepdim=True).clamp_(min=_TINY).div_(127.0)
     return torch.round(x2 / s).to(torch.int8), s
 
 
-class ActivationCache:
-    """The quantized form of the last input tensor, shared by the int8 layers of a model: layers that read the
-    same tensor (q/k/v projections, gate/up projections) quantize it once. A hit needs the very same tensor
-    object at the same version (an in-place change bumps it); the cache holds a reference to it, so its memory
-    cannot be reused by another tensor while cached."""
-
-    def __init__(self) -> None:
-        self._x: torch.Tensor | None = None
-        self._version = -1
-        self._value: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def get(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x is not self._x or x._version != self._version:
-            self._x, self._version, self._value = x, x._version, _quantize_rows(x)
-        return self._value
+ACTIVATIONS = ("int8", "bf16")
 
 
 class Int8Linear(nn.Module):
-    """A linear layer executed in int8 (see the module docstring); built by :meth:`from_linear`."""
+    """A linear layer, or several fused ones that read the same input (their weight rows stacked), with int8
+    weights (see the module docstring); built by :meth:`from_linear` / :meth:`from_linears`.
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+    ``activations="int8"``: W8A8, per-token int8 activations and an integer GEMM (``torch._int_mm``), the
+    arithmetic of an int8 accelerator. ``activations="bf16"``: weight-only int8 (W8A16), the activations rounded
+    to bfloat16 and the int8 weights scaled inside the GEMM (``aten._weight_int8pack_mm``, the CPU kernel behind
+    torchao's int8 weight-only mode); fewer ops per call, so faster when one decoding token makes dispatch the
+    cost, and closer to fp32."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, activations: str = "int8") -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight_t", torch.zeros(in_features, out_features, dtype=torch.int8))  # W_q^T (K, N)
-        self.register_buffer("weight_scale", torch.ones(out_features))
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"Int8Linear: activations={activations!r}; choose one of {ACTIVATIONS}")
+        self.in_features, self.out_features, self.activations = in_features, out_features, activations
+        # W_q in the layout its kernel reads: (K, N) for _int_mm; (N, K) for _weight_int8pack_mm, whose CPU kernel
+        # needs K to be a multiple of 16 (other K crash or compute garbage in torch 2.13), so K is zero-padded
+        self.pad = 0 if activations == "int8" else -in_features % 16
+        shape = (in_features, out_features) if activations == "int8" else (out_features, in_features + self.pad)
+        self.register_buffer("weight_q", torch.zeros(shape, dtype=torch.int8))
+        scale_dtype = torch.float32 if activations == "int8" else torch.bfloat16
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=scale_dtype))  # s_w
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self.act_cache: ActivationCache | None = None  # shared by the layers of one model (to_int8)
+        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (x, x's version, y): see cached()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, activations: str = "int8") -> Int8Linear:
+        return cls.from_linears([linear], activations=activations)
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        w = linear.weight.detach().float()
-        m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        s = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
+    def from_linears(cls, linears: list[nn.Linear], *, activations: str = "int8") -> Int8Linear:
+        """One int8 layer computing ``[l(x) for l in linears]`` concatenated on the last dimension."""
+        if not linears or len({l.in_features for l in linears}) != 1:
+            raise ValueError("Int8Linear.from_linears: needs one or more linear layers with equal in_features")
+        w = torch.cat([l.weight.detach().float() for l in linears])
+        has_bias = any(l.bias is not None for l in linears)
+        m = cls(linears[0].in_features, w.shape[0], bias=has_bias, activations=activations)
+        s = w.abs().amax(dim=1).clamp(min=_TINY) / 127.0
+        if activations == "bf16":  # quantize against the scale the kernel will use
+            s = s.bfloat16()
         m.weight_scale.copy_(s)
-        m.weight_t.copy_(torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8).t())
-        if linear.bias is not None:
-            m.bias.copy_(linear.bias.detach().float())
+        wq = torch.round(w / s.float()[:, None]).clamp(-127, 127).to(torch.int8)
+        m.weight_q.copy_(wq.t() if activations == "int8" else nn.functional.pad(wq, (0, m.pad)))
+        if has_bias:
+            m.bias.copy_(torch.cat([l.bias.detach().float() if l.bias is not None else torch.zeros(l.out_features)
+                                    for l in linears]))
         return m
 
     def dequantized_weight(self) -> torch.Tensor:
         """``W_hat = s_w[:, None] * W_q`` (N, K), for checks."""
-        return self.weight_t.t().float() * self.weight_scale[:, None]
+        wq = self.weight_q.t() if self.activations == "int8" else self.weight_q[:, : self.in_features]
+        return wq.float() * self.weight_scale.float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        xq, s = self.act_cache.get(x) if self.act_cache is not None else _quantize_rows(x)
-        y = torch._int_mm(xq, self.weight_t) * (s * self.weight_scale)  # int32 * float -> float
+        x2 = x.reshape(-1, shape[-1])
+        if self.activations == "int8":
+            xq, s = _quantize_rows(x2.float())
+            y = torch._int_mm(xq, self.weight_q).mul(self.weight_scale).mul_(s)  # int32 -> float: s_x s_w sum x_q W_q
+        else:
+            xb = x2.bfloat16() if not self.pad else nn.functional.pad(x2.bfloat16(), (0, self.pad))
+            y = torch.ops.aten._weight_int8pack_mm(xb, self.weight_q, self.weight_scale).float()
         if self.bias is not None:
             y.add_(self.bias)
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        return y.view(*shape[:-1], self.out_features).to(x.dtype)
+
+    def cached(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x)``, computed once for the layers of a fusion group that all read ``x``. A hit needs the very
+        same tensor object at the same version (an in-place change bumps it); the cache holds a reference to ``x``,
+        so its memory cannot be reused by another tensor while cached."""
+        last = self._last
+        if last is None or last[0] is not x or last[1] != x._version:
+            last = self._last = (x, x._version, self(x))
+        return last[2]
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, W8A8"
+        kind = "W8A8" if self.activations == "int8" else "W8A16 (bf16 activations)"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {kind}"
 
 
-def to_int8(model: nn.Module, *, skip: Iterable[str] = ()) -> nn.Module:
-    """A copy of ``model`` with every ``nn.Linear`` (except the names in ``skip``) as :class:`Int8Linear`."""
+class Int8Slice(nn.Module):
+    """Output columns ``[start, end)`` of a fused :class:`Int8Linear`: each layer of a fusion group keeps its own
+    name and output, the integer GEMM runs once per input tensor. The group's first slice owns the fused layer
+    (it is its submodule, so its buffers are saved once); the others refer to it."""
+
+    def __init__(self, fused: Int8Linear, start: int, end: int, *, owner: bool) -> None:
+        super().__init__()
+        if owner:
+            self.fused = fused
+        else:
+            object.__setattr__(self, "fused", fused)  # not a submodule: one copy of the weights
+        self.start, self.end = start, end
+        self.in_features, self.out_features = fused.in_features, end - start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused.cached(x)[..., self.start : self.end]
+
+    def extra_repr(self) -> str:
+        return f"columns [{self.start}, {self.end}) of a fused W8A8 layer"
+
+
+def to_int8(model: nn.Module, *, skip: Iterable[str] = (), fuse: Iterable[Iterable[str]] = (),
+            activations: str = "int8") -> nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` (except the names in ``skip``) as :class:`Int8Linear` with the
+    given ``activations`` (``"int8"``: W8A8; ``"bf16"``: weight-only int8). The
+    layers of each group in ``fuse`` (names of linear layers that read the same input tensor, e.g. from
+    :func:`shared_input_groups`) become one fused int8 GEMM, seen through :class:`Int8Slice` modules."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"to_int8: activations={activations!r}; choose one of {ACTIVATIONS}")
     skip = set(skip)
+    fuse = [list(g) for g in fuse]
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     unknown = skip - {n for n, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"to_int8: skip names {sorted(unknown)} are not modules of the model")
+    fused_names = [n for g in fuse for n in g]
+    bad = sorted(set(fused_names) - linears) + sorted(set(fused_names) & skip)
+    if bad or len(fused_names) != len(set(fused_names)):
+        raise ValueError(f"to_int8: fuse groups must name distinct, unskipped nn.Linear layers; bad: {bad or 'a repeated name'}")
     model = copy.deepcopy(model)
-    cache = ActivationCache()
+
+    def put(name: str, module: nn.Module) -> None:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, module)
+
+    for group in fuse:
+        layers = [model.get_submodule(n) for n in group]
+        if len({l.in_features for l in layers}) != 1:
+            raise ValueError(f"to_int8: fuse group {group} mixes input widths; only layers reading one tensor fuse")
+        fused, start = Int8Linear.from_linears(layers, activations=activations), 0
+        for i, (name, layer) in enumerate(zip(group, layers)):
+            put(name, Int8Slice(fused, start, start + layer.out_features, owner=i == 0))
+            start += layer.out_features
     for name, m in list(model.named_modules()):
         if isinstance(m, nn.Linear) and name not in skip:
-            parent, _, child = name.rpartition(".")
-            q = Int8Linear.from_linear(m)
-            q.act_cache = cache
-            setattr(model.get_submodule(parent) if parent else model, child, q)
+            put(name, Int8Linear.from_linear(m, activations=activations))
     return model
+
+
+@torch.no_grad()
+def shared_input_groups(model: nn.Module, run: Callable[[nn.Module], object]) -> list[list[str]]:
+    """Groups (two or more, in module order) of ``nn.Linear`` layers that read the very same input tensor during
+    ``run(model)``: q/k/v projections, gate/up projections. These are the layers :func:`to_int8` can fuse."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(_m, inp):
+            seen.setdefault(name, inp[0])  # the tensor itself, so no id is reused while we look
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    try:
+        run(model)
+    finally:
+        for h in handles:
+            h.remove()
+    groups: dict[int, list[str]] = {}
+    for name, x in seen.items():
+        groups.setdefault(id(x), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 @torch.no_grad()
