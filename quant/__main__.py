@@ -1,12 +1,12 @@
 """``python -m quant``: hierarchy-aware mixed-precision quantization of a local Hugging Face model.
 
-    python -m quant quantize MODEL_DIR --avg-bits 4.5 [--budget-mb M] --calib TEXT_FILE --out OUT_DIR
+    python -m quant quantize MODEL_DIR --avg-bits 4.5 [--budget-mb M] --calib TASK_OR_TEXT_FILE --out OUT_DIR
     python -m quant report OUT_DIR
 
 ``quantize`` measures the sensitivity of every level of the model's hierarchy (modality -> block -> sublayer) on
 calibration text (KL of the output distribution, or HAWQ-V2's Hessian-trace score), allocates a bit width to every
 weight matrix with an ILP under the budget (coarse levels first, refining only where sensitivities differ;
-``quant.allocate``), quantizes (packed low-bit weights, ``quant.qmodules``) and writes the model
+``quant.allocate``) along a short penalty path validated on the last calibration batch (``quant.mixed``), quantizes (packed low-bit weights, ``quant.qmodules``) and writes the model
 (``model.safetensors`` + ``quant_config.json`` + ``config.json`` + tokenizer) and ``allocation.json`` (bits per
 module, search cost). ``report`` prints the bit width and memory of every quantized module. Exit status 2 on bad
 input, with the reason (an unreachable budget names the smallest reachable one).
@@ -15,6 +15,7 @@ input, with the reason (an unreachable budget names the smallest reachable one).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -23,12 +24,28 @@ from pathlib import Path
 ALLOCATION_FILE = "allocation.json"
 
 
+def _calibration_text(calib: Path, *, max_bytes: int) -> str:
+    """A UTF-8 text file's text, or a text task's calibration text. ``quant`` may not import ``tasks``, so a task
+    name is resolved by ``python -m tasks.calib NAME`` in a separate process."""
+    import subprocess
+
+    if calib.is_file():
+        return calib.read_text(encoding="utf-8", errors="replace")
+    if calib.suffix or "/" in str(calib):
+        raise FileNotFoundError(f"--calib {calib}: no such file (give a UTF-8 text file, or a text task name)")
+    r = subprocess.run([sys.executable, "-m", "tasks.calib", str(calib), "--max-bytes", str(max_bytes)],
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        why = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit status {r.returncode}"
+        raise ValueError(f"--calib {calib}: not a file, and not a text task ({why}); give a UTF-8 text file "
+                         "or a name that `python -m tasks.calib` knows")
+    return r.stdout
+
+
 def _calibration_batches(tok, path: Path, *, tokens: int, n_batches: int) -> list[dict]:
     import torch
 
-    if not path.is_file():
-        raise FileNotFoundError(f"--calib {path}: no such file (a UTF-8 text file of calibration text)")
-    ids = tok(path.read_text(encoding="utf-8", errors="replace"), return_tensors="pt").input_ids[0]
+    ids = tok(_calibration_text(path, max_bytes=max(200_000, 16 * tokens * n_batches)), return_tensors="pt").input_ids[0]
     if len(ids) < 2:
         raise ValueError(f"--calib {path}: fewer than 2 tokens of text")
     n = max(1, min(n_batches, len(ids) // tokens))
@@ -69,7 +86,7 @@ def quantize_command(args: argparse.Namespace) -> dict:
     """Sensitivity -> allocation -> quantized model on disk; returns what ``allocation.json`` holds."""
     from quant.allocate import Budget
     from quant.hierarchy import build_hierarchy
-    from quant.mixed import mixed_config
+    from quant.mixed import kl_validator, mixed_config
     from quant.model_io import model_memory, quantize_model, save_quantized
     from quant.quantizer import QuantSpec, fake_quant
     from quant.sensitivity import Sensitivity
@@ -81,13 +98,17 @@ def quantize_command(args: argparse.Namespace) -> dict:
     for b in args.choices:
         spec(b)  # an unsupported width fails here, before any work
     root = build_hierarchy(model, include_embeddings=not args.no_embeddings)
+    # the last calibration batch is held out to validate the candidates of the penalty path (quant.mixed)
+    held_out = batches[-1:] if len(batches) > 1 and not args.no_validate else []
+    batches = batches[: len(batches) - len(held_out)]
     sens = Sensitivity(model, root, batches, fake_quant=lambda w, b: fake_quant(w, spec(b)) if b < 16 else w,
                        n_probes=args.probes, seed=args.seed)
     budget_bits = args.avg_bits * root.params
     if args.budget_mb is not None:
         budget_bits = min(budget_bits, args.budget_mb * 2 ** 20 * 8)
-    bit_config, alloc = mixed_config(model, root, sens.fn(args.metric), args.choices, Budget(bytes=budget_bits / 8),
-                                     spec, flat=args.flat)
+    validate = kl_validator(model, held_out, act_bits=args.act_bits) if held_out else None
+    bit_config, alloc, candidates = mixed_config(model, root, sens.fn(args.metric), args.choices,
+                                                 Budget(bytes=budget_bits / 8), spec, flat=args.flat, validate=validate)
     qmodel = quantize_model(model, bit_config, act_bits=args.act_bits)
     save_quantized(qmodel, bit_config, args.out)
     tok.save_pretrained(str(args.out))
@@ -96,6 +117,7 @@ def quantize_command(args: argparse.Namespace) -> dict:
             "calib": str(args.calib), "metric": args.metric, "search": "flat" if args.flat else "hierarchical",
             "choices": list(args.choices), "avg_bits_target": args.avg_bits, "budget_mb": args.budget_mb,
             "average_bits": alloc.average_bits, "bits": {n: s.bits for n, s in bit_config.items()},
+            "candidates": [dataclasses.asdict(c) for c in candidates],
             "search_cost": {"evaluations": alloc.cost.evaluations, "sensitivity_seconds": alloc.cost.sensitivity_seconds,
                             "solve_seconds": alloc.cost.solve_seconds, "ilp_variables": alloc.cost.ilp_variables,
                             "hessian_seconds": sens.cost.hessian_seconds},
@@ -141,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("model_dir", type=Path, help="a Hugging Face model folder (config.json, weights, tokenizer)")
     q.add_argument("--avg-bits", type=float, required=True, help="average bits per weight (e.g. 4.5)")
     q.add_argument("--budget-mb", type=float, default=None, help="also cap the weights at this many MiB (bits x params)")
-    q.add_argument("--calib", type=Path, required=True, help="a UTF-8 text file of calibration text")
+    q.add_argument("--calib", type=Path, required=True,
+                   help="a UTF-8 text file of calibration text, or a text task (stdlib, humaneval: python -m tasks.calib)")
     q.add_argument("--out", type=Path, required=True, help="output folder (quantized model + allocation.json)")
     q.add_argument("--metric", choices=("kl", "mse", "hawq"), default="kl", help="sensitivity metric (default kl)")
     q.add_argument("--choices", type=int, nargs="+", default=[2, 3, 4, 6, 8], help="bit widths to choose from")
@@ -153,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--probes", type=int, default=8, help="Hutchinson probes (hawq)")
     q.add_argument("--no-embeddings", action="store_true", help="keep embeddings (and a tied lm_head) in float")
     q.add_argument("--flat", action="store_true", help="flat per-layer ILP instead of the hierarchy-aware search")
+    q.add_argument("--no-validate", action="store_true",
+                   help="the plain ILP, no penalty path validated on the last calibration batch (quant.mixed)")
     q.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("report", help="bit widths and memory of a quantized model folder")
     r.add_argument("out_dir", type=Path)

@@ -46,7 +46,7 @@ from quant.uniform import fake_quantize
 __all__ = [
     "FLOAT_BITS", "FakeQuant", "Forward", "LossFn", "Metric", "default_fake_quant", "hf_logits",
     "self_distill_loss", "causal_lm_loss", "hutchinson_diagonal", "hutchinson_trace", "node_hessian_trace",
-    "hawq_score", "quantized", "reference_outputs", "output_perturbation", "SensitivityCost", "Sensitivity",
+    "hawq_score", "quantized", "reference_outputs", "output_distance", "output_perturbation", "SensitivityCost", "Sensitivity",
 ]
 
 FLOAT_BITS = 16
@@ -217,22 +217,34 @@ def _distance(ref: torch.Tensor, out: torch.Tensor, metric: Metric, mask: torch.
     return (per * m).sum() / (m.expand_as(per).sum()).clamp_min(1)
 
 
-def output_perturbation(model: nn.Module, batches: Sequence[Any], node: Node, bits: int,
-                        fake_quant: FakeQuant = default_fake_quant, metric: Metric | str = "kl", *,
-                        forward: Forward = hf_logits, reference: Sequence[torch.Tensor] | None = None) -> float:
-    """Mean over batches of KL(p_fp || p_q) or MSE of the outputs with only ``node`` quantized at ``bits``
-    (module docstring). ``reference``: the float outputs from :func:`reference_outputs`, else recomputed."""
+def output_distance(model: nn.Module, batches: Sequence[Any], reference: Sequence[torch.Tensor], metric: Metric | str = "kl",
+                    *, forward: Forward = hf_logits) -> float:
+    """Mean over batches of KL(p_fp || p_q) or MSE between ``model``'s outputs and the float ``reference``
+    (:func:`reference_outputs`), whatever ``model`` has quantized (module docstring)."""
     metric = Metric(metric)
     if metric is Metric.HAWQ:
         raise ValueError("metric='hawq' is not an output metric; use hawq_score (or Sensitivity)")
     if len(batches) == 0:
         raise ValueError("batches is empty; pass at least one calibration batch")
-    ref = reference_outputs(model, batches, forward=forward) if reference is None else reference
     total = 0.0
-    with _eval_mode(model), torch.no_grad(), quantized(model, node, bits, fake_quant):
-        for b, r in zip(batches, ref):
+    with _eval_mode(model), torch.no_grad():
+        for b, r in zip(batches, reference):
             total += float(_distance(r, forward(model, b), metric, _mask(b, r)))
     return max(0.0, total / len(batches))  # max: float rounding can give -1e-9 for an unchanged output
+
+
+def output_perturbation(model: nn.Module, batches: Sequence[Any], node: Node, bits: int,
+                        fake_quant: FakeQuant = default_fake_quant, metric: Metric | str = "kl", *,
+                        forward: Forward = hf_logits, reference: Sequence[torch.Tensor] | None = None) -> float:
+    """:func:`output_distance` with only ``node`` quantized at ``bits`` (module docstring). ``reference``: the
+    float outputs from :func:`reference_outputs`, else recomputed."""
+    if Metric(metric) is Metric.HAWQ:
+        raise ValueError("metric='hawq' is not an output metric; use hawq_score (or Sensitivity)")
+    if len(batches) == 0:
+        raise ValueError("batches is empty; pass at least one calibration batch")
+    ref = reference_outputs(model, batches, forward=forward) if reference is None else reference
+    with quantized(model, node, bits, fake_quant):
+        return output_distance(model, batches, ref, metric, forward=forward)
 
 
 @dataclass

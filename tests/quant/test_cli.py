@@ -46,6 +46,18 @@ def test_quantize_writes_a_model_that_reloads_and_a_report(model_dir, tmp_path, 
     assert "model.layers.0.mlp.down_proj" in text and "average bits" in text and "tied, counted once" in text
 
 
+def test_calib_takes_a_text_task_through_a_separate_process(model_dir, tmp_path, capsys):
+    out = tmp_path / "q"
+    code = cli(["quantize", str(model_dir), "--avg-bits", "4", "--calib", "stdlib", "--out", str(out),
+                "--calib-tokens", "32", "--calib-batches", "2", "--choices", "2", "4", "8", "--group-size", "16"])
+    assert code == 0, capsys.readouterr().err
+    info = json.loads((out / "allocation.json").read_text())
+    assert info["calib"] == "stdlib" and info["average_bits"] <= 4
+    assert sum(c["chosen"] for c in info["candidates"]) == 1  # the penalty path, validated on the held-out batch
+    assert cli(["quantize", str(model_dir), "--avg-bits", "4", "--calib", "no-such-task", "--out", str(tmp_path / "o")]) == 2
+    assert "not a text task" in capsys.readouterr().err
+
+
 def test_quantize_says_what_is_wrong(model_dir, tmp_path, capsys):
     args = ["quantize", str(model_dir), "--calib", str(model_dir / "calib.txt"), "--out", str(tmp_path / "q"),
             "--calib-tokens", "32", "--calib-batches", "1"]
