@@ -147,15 +147,15 @@ class Int8Slice(nn.Module):
         return self.fused.cached(x)[..., self.start : self.end]
 
     def extra_repr(self) -> str:
-        return f"columns [{self.start}, {self.end}) of a fused W8A8 layer"
+        return f"columns [{self.start}, {self.end}) of a fused int8 layer ({self.fused.activations} activations)"
 
 
 def to_int8(model: nn.Module, *, skip: Iterable[str] = (), fuse: Iterable[Iterable[str]] = (),
             activations: str = "int8") -> nn.Module:
     """A copy of ``model`` with every ``nn.Linear`` (except the names in ``skip``) as :class:`Int8Linear` with the
-    given ``activations`` (``"int8"``: W8A8; ``"bf16"``: weight-only int8). The
-    layers of each group in ``fuse`` (names of linear layers that read the same input tensor, e.g. from
-    :func:`shared_input_groups`) become one fused int8 GEMM, seen through :class:`Int8Slice` modules."""
+    given ``activations`` (``"int8"``: W8A8; ``"bf16"``: weight-only int8). The layers of each group in ``fuse``
+    (names of linear layers that read the same input tensor, e.g. from :func:`shared_input_groups`) become one
+    fused int8 GEMM, seen through :class:`Int8Slice` modules."""
     if activations not in ACTIVATIONS:
         raise ValueError(f"to_int8: activations={activations!r}; choose one of {ACTIVATIONS}")
     skip = set(skip)

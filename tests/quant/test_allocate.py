@@ -107,6 +107,27 @@ def test_hierarchical_meets_the_budget_with_fewer_evaluations_when_a_modality_is
     assert hier.cost.ilp_variables == sum(s.ilp_variables for s in hier.cost.stages)
 
 
+def test_refined_children_choose_only_widths_next_to_their_parents_decision():
+    _, root, sens = _setup(vision_scale=1.0)
+    asked: dict[str, set[int]] = {}
+
+    def score(node, bits):
+        asked.setdefault(node.key, set()).add(bits)
+        return sens.score(node, bits, "kl")
+
+    choices = (2, 3, 4, 8)
+    alloc = hierarchical_allocate(root, score, choices, Budget(avg_bits=4.0), levels=("modality", "block", "sublayer"),
+                                  refine_threshold=0.0)
+    assert alloc.average_bits <= 4.0
+    subs = [n for n in root.at_level("sublayer") if n.key in asked]
+    assert subs and all(len(asked[n.key]) <= 3 for n in subs)  # one step around the block's width, not all four
+    for n in subs:
+        b = sorted(asked[n.key])
+        assert all(choices.index(y) - choices.index(x) == 1 for x, y in zip(b, b[1:]))  # contiguous neighbours
+    flat = flat_allocate(root, sens.fn("kl"), choices, Budget(avg_bits=4.0))
+    assert alloc.cost.evaluations < flat.cost.evaluations
+
+
 def test_hierarchical_refines_to_groups_and_bytes_budget():
     _, root, sens = _setup(vision_scale=1.0)
     budget = Budget(bytes=root.params * 5 / 8)  # 5 bits per weight on average
