@@ -18,7 +18,7 @@ In one run:
   token by token, median step time; with the bits per byte of each. The speed target is scored on W8A16, the
   path to decode with on a CPU (one decoding token makes op dispatch the cost, and it has a third of W8A8's ops).
 - The MFM (``ann.models.mfm``, small in the quick profile, large in the full one, as ``benchmarks.models``' full
-  profile trains it, read from its cache or trained here: 11 min for the small one on 2 cores): SynthMed-VQA
+  profile trains it, read from its cache or trained here: 1.5 min for the small one on 2 cores): SynthMed-VQA
   test accuracy (a 4000-image test split, 12000 questions) of fp32, uniform and mixed configurations,
   sensitivities measured on the answer-slot logits of validation images, the penalty path validated on as many
   other validation images.
