@@ -12,11 +12,12 @@ solved by CBC (pulp). Any additive cost works (latency, energy per module as num
 starting with every node of ``levels[0]``; then, level by level, a frontier node ``n`` is replaced by its
 children ``C`` (nodes of the next level below it) and the ILP re-solved with the whole budget, but only if
 
-1. *stake*: ``stake(n) >= min_stake * mean_{m in frontier} stake(m)``, ``stake(n) = s(n, b_min) - s(n, b_max)``
-   (how much the objective can move by this node at all). Otherwise no child of ``n`` is ever scored:
-   this is where an insensitive modality or block saves its whole subtree's evaluations; and
+1. *stake*: ``stake(n) >= min_stake * mean_{m in frontier} stake(m)``, ``stake(n) = s(n, b_lo) - s(n, b_hi)``
+   with ``b_lo``, ``b_hi`` the narrowest and widest widths ``n`` may take (see below): how much the objective
+   can move by this node at all. Otherwise no child of ``n`` is ever scored: this is where an insensitive
+   modality or block saves its whole subtree's evaluations; and
 2. *heterogeneity*: the children's per-parameter scores ``d_c(b) = s(c, b) / params_c`` differ enough,
-   relative to the node's own ``d_n(b) = s(n, b) / params_n``:
+   relative to the node's own ``d_n(b) = s(n, b) / params_n``, over the widths the children may take:
 
        spread(n) = max_b (max_c d_c(b) - min_c d_c(b)) / d_n(b)   (over b with d_n(b) > 0)
        refine if spread(n) >= refine_threshold
@@ -258,7 +259,6 @@ def hierarchical_allocate(root: Node, sensitivity_fn: SensitivityFn, choices: Se
     if not levels:
         raise ValueError("levels must name at least one level, e.g. ('modality', 'block', 'sublayer')")
     choices = _check_choices(choices, SUPPORTED_BITS)
-    b_min, b_max = choices[0], choices[-1]
     total, scorer, cost = budget.total(root), _Scorer(sensitivity_fn), SearchCost()
 
     frontier = root.at_level(levels[0])
@@ -269,7 +269,8 @@ def hierarchical_allocate(root: Node, sensitivity_fn: SensitivityFn, choices: Se
     allowed: dict[Node, list[int]] = {}  # widths a refined node's children may take (absent: every choice)
     for prev, level in zip(levels, levels[1:]):
         n_eval = scorer.evaluations
-        stake = {n: max(0.0, scorer(n, b_min) - scorer(n, b_max)) for n in frontier}
+        stake = {n: max(0.0, scorer(n, min(w)) - scorer(n, max(w))) for n in frontier
+                 for w in [allowed.get(n, choices)]}
         mean_stake = sum(stake.values()) / len(frontier)
         new, refined, low, homog = [], 0, 0, 0
         for n in frontier:
