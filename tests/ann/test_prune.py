@@ -1,0 +1,76 @@
+"""ann.prune: physical surgery of Llama decoders and the importance criteria."""
+
+import copy
+
+import pytest
+import torch
+import transformers as T
+
+from ann.prune.importance import block_influence, input_norms, magnitude, taylor, wanda
+from ann.prune.surgery import drop_blocks, kv_group_slices, mlp_channel_slices, prune_kv_groups, prune_mlp_channels
+
+
+def _llama():
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                        num_key_value_heads=2, tie_word_embeddings=True)
+    return T.LlamaForCausalLM(cfg).eval()
+
+
+def test_removing_dead_structures_leaves_the_function_unchanged_and_the_model_reloads(tmp_path):
+    model = _llama()
+    ids = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():  # zero the structures we will cut: the function must not change
+        for layer in model.model.layers:
+            for lin, axis, idx in mlp_channel_slices(layer, torch.arange(40, 48)) + kv_group_slices(model, layer, 1):
+                lin.weight.index_fill_(axis, idx, 0.0)
+        ref = model(ids).logits
+    pruned = copy.deepcopy(model)
+    prune_mlp_channels(pruned, [list(range(40))] * 3)
+    prune_kv_groups(pruned, [[0]] * 3)
+    with torch.no_grad():
+        assert torch.allclose(pruned(ids).logits, ref, atol=1e-5)
+    assert pruned.config.intermediate_size == 40 and pruned.config.num_attention_heads == 2
+    assert pruned.config.num_key_value_heads == 1 and pruned.config.head_dim == 8
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    pruned.save_pretrained(tmp_path)
+    back = T.AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # an ordinary HF model
+    with torch.no_grad():
+        assert torch.allclose(back(ids).logits, ref, atol=1e-5)
+        gen = back.generate(ids[:1], max_new_tokens=4, do_sample=False)  # the KV cache works
+    assert gen.shape == (1, 14)
+
+
+def test_dropping_blocks_renumbers_the_cache_and_bad_requests_say_what_is_wrong(tmp_path):
+    model = _llama()
+    ids = torch.randint(0, 64, (1, 6))
+    drop_blocks(model, [1])
+    assert model.config.num_hidden_layers == 2 and [l.self_attn.layer_idx for l in model.model.layers] == [0, 1]
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=3, do_sample=False)
+    model.save_pretrained(tmp_path)
+    assert T.AutoModelForCausalLM.from_pretrained(tmp_path).config.num_hidden_layers == 2
+    with pytest.raises(ValueError, match="leaves none"):
+        drop_blocks(model, [0, 1])
+    with pytest.raises(ValueError, match="every one"):
+        prune_kv_groups(model, [[]] * 2)
+    with pytest.raises(ValueError, match="same number"):
+        prune_mlp_channels(model, [[0, 1], [0]])
+    with pytest.raises(ValueError, match="not a Llama-style decoder"):
+        prune_mlp_channels(torch.nn.Linear(2, 2), [[0]])
+
+
+def test_importance_criteria_rank_a_dead_channel_last_and_block_influence_is_in_range():
+    model = _llama()
+    ids = torch.randint(0, 64, (2, 10))
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        for lin, axis, idx in mlp_channel_slices(layer, torch.tensor([5])):
+            lin.weight.index_fill_(axis, idx, 0.0)
+    norms = input_norms(model, lambda m: m(ids), [layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj])
+    model(ids).logits.float().logsumexp(-1).mean().backward()  # any calibration loss
+    for crit in (magnitude, wanda, taylor):
+        scores = [crit(mlp_channel_slices(layer, torch.tensor([j])), input_norms=norms) for j in range(48)]
+        assert scores[5] == min(scores) == 0.0 and max(scores) > 0
+    bi = block_influence(model.model.layers, model, lambda m: m(ids))
+    assert len(bi) == 3 and all(0.0 <= b <= 2.0 for b in bi)
