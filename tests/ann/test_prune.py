@@ -74,3 +74,33 @@ def test_importance_criteria_rank_a_dead_channel_last_and_block_influence_is_in_
         assert scores[5] == min(scores) == 0.0 and max(scores) > 0
     bi = block_influence(model.model.layers, model, lambda m: m(ids))
     assert len(bi) == 3 and all(0.0 <= b <= 2.0 for b in bi)
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "taylor"])
+def test_prune_llama_reaches_the_ratio_keeps_working_and_refuses_bad_requests(criterion):
+    model = _llama()
+    ids = torch.randint(0, 64, (2, 10))
+
+    def run(m):
+        return m(ids).logits
+
+    def loss(m):
+        return torch.nn.functional.cross_entropy(m(ids).logits[:, :-1].reshape(-1, 64), ids[:, 1:].reshape(-1))
+
+    from ann.prune.plan import count_params, prune_llama
+
+    p0 = count_params(model)
+    info = prune_llama(model, 0.3, run=run, blocks=1, criterion=criterion, loss=loss)
+    assert info["ratio"] >= 0.3 and info["ratio"] < 0.3 + 3 * 32 * 2 / p0 + 1e-9  # at most one channel per layer over
+    assert len(info["dropped_blocks"]) == 1 and model.config.num_hidden_layers == 2
+    assert all(p.grad is None for p in model.parameters())
+    with torch.no_grad():
+        assert model(ids).logits.shape == (2, 10, 64)
+    for bad, match in (({"ratio": 1.0}, "in \\[0, 1\\)"), ({"ratio": 0.2, "blocks": 3}, "at least one must stay"),
+                       ({"ratio": 0.2, "criterion": "random"}, "choose one of"), ({"ratio": 0.95}, "at most"),
+                       ({"ratio": 0.2, "criterion": "taylor"}, "needs loss")):
+        fresh = _llama()
+        before = {k: v.clone() for k, v in fresh.state_dict().items()}
+        with pytest.raises(ValueError, match=match):
+            prune_llama(fresh, run=run, **bad)
+        assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in before.items())  # refused before any change
