@@ -104,3 +104,21 @@ def test_prune_llama_reaches_the_ratio_keeps_working_and_refuses_bad_requests(cr
         with pytest.raises(ValueError, match=match):
             prune_llama(fresh, run=run, **bad)
         assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in before.items())  # refused before any change
+
+
+def test_lora_recovery_lowers_the_loss_of_a_pruned_model_and_merges_back():
+    from ann.prune.plan import prune_llama
+    from ann.prune.recover import recover_lora
+
+    model = _llama()
+    torch.manual_seed(1)
+    pattern = torch.arange(12).repeat(20)  # a learnable stream
+    blocks = pattern[: 16 * 12].view(12, 16)
+    prune_llama(model, 0.2, run=lambda m: m(blocks[:2]), criterion="magnitude")
+    before = float(model(input_ids=blocks, labels=blocks).loss)
+    merged, losses = recover_lora(model, blocks, steps=30, lr=1e-2, progress=False)
+    assert type(merged).__name__ == "LlamaForCausalLM" and losses
+    with torch.no_grad():
+        assert float(merged(input_ids=blocks, labels=blocks).loss) < before
+    with pytest.raises(ValueError, match="steps"):
+        recover_lora(_llama(), blocks, steps=0)
