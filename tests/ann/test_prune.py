@@ -122,3 +122,28 @@ def test_lora_recovery_lowers_the_loss_of_a_pruned_model_and_merges_back():
         assert float(merged(input_ids=blocks, labels=blocks).loss) < before
     with pytest.raises(ValueError, match="steps"):
         recover_lora(_llama(), blocks, steps=0)
+
+
+def test_cli_prunes_recovers_and_writes_a_loadable_model(tmp_path, capsys):
+    from ann.prune.__main__ import main
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    model_dir = tmp_path / "m"
+    _llama().save_pretrained(model_dir)
+    words = [f"w{i}" for i in range(60)]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", *words])}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]").save_pretrained(model_dir)
+    (model_dir / "calib.txt").write_text(" ".join(words * 10))
+    out = tmp_path / "pruned"
+    code = main([str(model_dir), "--ratio", "0.4", "--blocks", "1", "--calib", str(model_dir / "calib.txt"),
+                 "--recover-steps", "2", "--seq-len", "16", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    back = T.AutoModelForCausalLM.from_pretrained(out)
+    assert back.config.num_hidden_layers == 2 and back.config.intermediate_size < 48
+    assert (out / "prune.json").is_file()
+    assert main([str(model_dir), "--ratio", "1.5", "--calib", str(model_dir / "calib.txt"), "--out", str(tmp_path / "x")]) == 2
+    assert "in [0, 1)" in capsys.readouterr().err
+    assert main([str(model_dir), "--ratio", "0.2", "--calib", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "not a text task" in capsys.readouterr().err
