@@ -33,8 +33,9 @@ def _calibration_text(calib: Path, *, max_bytes: int) -> str:
         return calib.read_text(encoding="utf-8", errors="replace")
     if calib.suffix or "/" in str(calib):
         raise FileNotFoundError(f"--calib {calib}: no such file (give a UTF-8 text file, or a text task name)")
+    # run from the folder that holds the quant package (the repository, or site-packages), where tasks lives too
     r = subprocess.run([sys.executable, "-m", "tasks.calib", str(calib), "--max-bytes", str(max_bytes)],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     if r.returncode != 0:
         why = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit status {r.returncode}"
         raise ValueError(f"--calib {calib}: not a file, and not a text task ({why}); give a UTF-8 text file "
