@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ann.finetune.lora import trainable_fraction
 from ann.prune.importance import CRITERIA, block_influence, input_norms
 from ann.prune.surgery import check_llama, drop_blocks, mlp_channel_slices, prune_mlp_channels
 
@@ -31,7 +32,7 @@ __all__ = ["prune_llama", "count_params"]
 
 def count_params(model: nn.Module) -> int:
     """Distinct parameters (tied weights once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return trainable_fraction(model)[1]
 
 
 def prune_llama(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], object], blocks: int = 0,

@@ -47,11 +47,17 @@ def mlp_channel_slices(layer: nn.Module, j: torch.Tensor) -> list:
     return [(m.gate_proj, 0, j), (m.up_proj, 0, j), (m.down_proj, 1, j)]
 
 
+def _group_rows(model: nn.Module, groups: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices of KV groups ``groups`` in k/v_proj and in q_proj (= o_proj's columns)."""
+    d, r = _head_dim(model), model.config.num_attention_heads // model.config.num_key_value_heads
+    kv = torch.cat([torch.arange(g * d, (g + 1) * d) for g in groups])
+    q = torch.cat([torch.arange(g * r * d, (g + 1) * r * d) for g in groups])
+    return kv, q
+
+
 def kv_group_slices(model: nn.Module, layer: nn.Module, g: int) -> list:
     """The coupled slices of KV group ``g`` of ``layer``."""
-    d, r = _head_dim(model), model.config.num_attention_heads // model.config.num_key_value_heads
-    kv = torch.arange(g * d, (g + 1) * d)
-    q = torch.arange(g * r * d, (g + 1) * r * d)
+    kv, q = _group_rows(model, [g])
     a = layer.self_attn
     return [(a.k_proj, 0, kv), (a.v_proj, 0, kv), (a.q_proj, 0, q), (a.o_proj, 1, q)]
 
@@ -108,8 +114,7 @@ def prune_kv_groups(model: nn.Module, keep: Sequence[Sequence[int]]) -> nn.Modul
     idx = _keep_lists(keep, len(layers), c.num_key_value_heads, "prune_kv_groups")
     for layer, groups in zip(layers, idx):
         a = layer.self_attn
-        kv = torch.cat([torch.arange(g * d, (g + 1) * d) for g in groups.tolist()])
-        q = torch.cat([torch.arange(g * r * d, (g + 1) * r * d) for g in groups.tolist()])
+        kv, q = _group_rows(model, groups.tolist())
         a.k_proj, a.v_proj = _cut(a.k_proj, 0, kv), _cut(a.v_proj, 0, kv)
         a.q_proj, a.o_proj = _cut(a.q_proj, 0, q), _cut(a.o_proj, 1, q)
         for name, v in (("num_heads", len(groups) * r), ("num_key_value_heads", len(groups))):
