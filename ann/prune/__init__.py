@@ -1,5 +1,9 @@
-"""Structural pruning (issue [P]): what is coupled (:mod:`ann.prune.surgery` knows the coupled weights of each
-architecture), what to remove (:mod:`ann.prune.importance`), how to cut (physical surgery: smaller ``nn.Linear``
-layers, fewer heads and blocks, the config updated so that the result is an ordinary HF model).
+"""Structural pruning (issue [P]), split by question:
 
-Work in progress: Llama-family decoders (SmolLM2 included) so far."""
+- what is coupled, and how to cut it (:mod:`ann.prune.surgery`: the towers of Llama, ViT, BERT and LLaVA models;
+  smaller ``nn.Linear`` layers, fewer attention heads and blocks, the config updated so that the result is an
+  ordinary HF model);
+- what to remove (:mod:`ann.prune.importance`: magnitude, Wanda, Taylor, block influence);
+- how much, where (:mod:`ann.prune.plan`: a greedy search over towers and structure kinds by measured sensitivity);
+- recovery (:mod:`ann.prune.recover`: distillation from the unpruned model, all weights or LoRA).
+"""

@@ -1,11 +1,17 @@
-"""``python -m ann.prune``: structural pruning of a local Hugging Face decoder, with optional LoRA recovery.
+"""``python -m ann.prune``: structural pruning of a local Hugging Face model, with optional recovery.
 
     python -m ann.prune MODEL_DIR --ratio 0.3 [--blocks K] --calib TASK_OR_TEXT_FILE [--recover-steps S] --out OUT_DIR
 
-Drops the ``K`` blocks of least block influence, removes the least important MLP channels (``--criterion``) until
-``ratio`` of the parameters are gone, optionally fine-tunes with LoRA for ``S`` steps on the calibration text, and
-writes an ordinary HF model folder (``from_pretrained`` loads it) plus ``prune.json``. Llama-family decoders only
-so far (SmolLM2 included); anything else is refused before the model is touched. Exit status 2 on bad input.
+Searches which blocks, attention heads and MLP channels to remove, tower by tower, until ``ratio`` of the
+parameters are gone (:mod:`ann.prune.plan`), optionally recovers by distilling from the unpruned model for ``S``
+steps (:mod:`ann.prune.recover`), and writes an ordinary HF model folder (``from_pretrained`` loads it) plus
+``prune.json``. Calibration inputs by family (``ann.models.hf.load_pretrained`` dispatches):
+
+- Llama-family and BERT-family models: a UTF-8 text file, or a text task (``stdlib``, ``humaneval``);
+- ViT models: ``synthmed`` (SynthMed scans, resized to the model's image size and channels);
+- the MFM (``neuromfm_llava``): ``synthmed`` (its VQA prompts; distance on the answer-slot logits).
+
+Anything else is refused before the model is touched. Exit status 2 on bad input.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+
+_IMAGES = 1000  # SynthMed training images the search and the recovery of an image model draw from
 
 
 def _text(calib: Path) -> str:
@@ -26,56 +35,139 @@ def _text(calib: Path) -> str:
     raise FileNotFoundError(f"--calib {calib}: not a file, and not a text task ({', '.join(TEXT_TASKS)})")
 
 
+def _need_synthmed(calib: Path, family: str) -> None:
+    if str(calib) != "synthmed":
+        raise ValueError(f"--calib {calib}: a {family} model calibrates on images; use --calib synthmed")
+
+
+def _text_data(loaded, args):
+    """(search batch, recovery batch_fn, forward, distance) for a text model."""
+    import torch
+
+    from ann.train.code import block_batch_fn, make_blocks
+
+    tok = loaded.tokenizer_or_processor
+    if tok is None:
+        raise ValueError(f"{args.model_dir}: no tokenizer files; save the tokenizer next to the model")
+    blocks = make_blocks(tok(_text(args.calib), return_tensors="pt").input_ids[0], args.seq_len)
+    blocks = blocks.clamp_max(loaded.config.vocab_size - 1) if hasattr(loaded.config, "vocab_size") else blocks
+    calib = {"input_ids": blocks[: min(args.calib_samples, len(blocks))]}
+    with torch.no_grad():
+        out = loaded.model(**calib)
+    has_logits = getattr(out, "logits", None) is not None
+
+    def forward(m, batch):
+        o = m(input_ids=batch["input_ids"])
+        return o.logits if has_logits else o.last_hidden_state
+
+    return calib, block_batch_fn(blocks, batch_size=4, seed=args.seed), forward, "kl" if has_logits else "mse"
+
+
+def _vit_data(loaded, args):
+    import torch
+
+    from tasks.synthmed import SynthMedConfig, load_synthmed
+
+    _need_synthmed(args.calib, "ViT")
+    c = loaded.config
+    imgs = torch.tensor(load_synthmed("train", SynthMedConfig(n_train=_IMAGES)).images)  # (M, 1, S, S), a copy
+    imgs = torch.nn.functional.interpolate(imgs, size=(c.image_size, c.image_size), mode="bilinear",
+                                           align_corners=False).expand(-1, c.num_channels, -1, -1).contiguous()
+    with torch.no_grad():
+        has_logits = getattr(loaded.model(pixel_values=imgs[:2]), "logits", None) is not None
+
+    def forward(m, batch):
+        o = m(pixel_values=batch["pixel_values"])
+        return o.logits if has_logits else o.last_hidden_state
+
+    def batch_fn(step, rank, world):
+        g = torch.Generator().manual_seed(args.seed * 100_003 + step)
+        return {"pixel_values": imgs[torch.randint(len(imgs), (16,), generator=g)]}
+
+    return {"pixel_values": imgs[: args.calib_samples]}, batch_fn, forward, "kl" if has_logits else "mse"
+
+
+def _mfm_data(loaded, args):
+    from ann.train.vqa import encode_vqa, target_logits, vqa_batch_fn
+    from tasks.synthmed import SynthMedConfig, load_synthmed
+
+    _need_synthmed(args.calib, "MFM")
+    if loaded.config.model_type != "neuromfm_llava":
+        raise ValueError(f"{args.model_dir}: a generic LLaVA needs its processor's prompt format for calibration; the "
+                         "CLI knows the MFM's (neuromfm_llava). From Python, call ann.prune.plan.prune with your own run")
+    tok = loaded.tokenizer_or_processor
+    model = loaded.model
+    size = model.config.vision_config.image_size
+    cfg = SynthMedConfig(image_size=size, n_train=_IMAGES)
+    train = encode_vqa(load_synthmed("train", cfg), tok, model.num_visual_tokens)
+    calib = vqa_batch_fn(train, images_per_batch=min(args.calib_samples, len(train.images)), seed=args.seed + 1)(0, 0, 1)
+    return calib, vqa_batch_fn(train, images_per_batch=32, seed=args.seed), target_logits, "kl"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ann.prune", description=__doc__.split("\n\n")[0])
-    p.add_argument("model_dir", type=Path, help="a Hugging Face model folder (config.json, weights, tokenizer)")
+    p.add_argument("model_dir", type=Path, help="a Hugging Face model folder (config.json, safetensors weights, tokenizer)")
     p.add_argument("--ratio", type=float, required=True, help="fraction of the parameters to remove, in [0, 1)")
-    p.add_argument("--blocks", type=int, default=0, help="whole blocks to drop first (least block influence)")
-    p.add_argument("--calib", type=Path, required=True, help="a UTF-8 text file, or a text task (stdlib, humaneval)")
-    p.add_argument("--criterion", choices=("magnitude", "wanda", "taylor"), default="wanda", help="channel importance")
-    p.add_argument("--recover-steps", type=int, default=0, help="LoRA recovery steps on the calibration text (0: none)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration / recovery block")
+    p.add_argument("--blocks", type=int, default=None,
+                   help="drop exactly this many blocks of the largest tower first (default: the search decides)")
+    p.add_argument("--calib", type=Path, required=True,
+                   help="text models: a UTF-8 text file or a text task (stdlib, humaneval); ViT and the MFM: synthmed")
+    p.add_argument("--criterion", choices=("magnitude", "wanda", "taylor"), default="wanda", help="unit importance")
+    p.add_argument("--calib-samples", type=int, default=4, help="text blocks / images in the search's calibration batch")
+    p.add_argument("--recover-steps", type=int, default=0, help="distillation steps from the unpruned model (0: none)")
+    p.add_argument("--lora-rank", type=int, default=0, help="recover through LoRA adapters of this rank (0: all weights)")
+    p.add_argument("--lr", type=float, default=1e-4, help="recovery learning rate")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per text calibration / recovery block")
     p.add_argument("--out", type=Path, required=True, help="output folder (the pruned model + prune.json)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
+        import copy
+
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ann.checkpoint import save_pretrained_atomic
-        from ann.prune.plan import prune_llama
-        from ann.prune.recover import recover_lora
-        from ann.prune.surgery import check_llama
-        from ann.train.code import make_blocks
+        from ann.models.hf import ModelFamily, load_pretrained
+        from ann.prune.plan import prune
+        from ann.prune.recover import kd_loss, recover
+        from ann.prune.surgery import towers
         from tasks.io import atomic_write_json
 
         torch.manual_seed(args.seed)
-        if not (args.model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{args.model_dir}: not a Hugging Face model folder (no config.json)")
-        if args.recover_steps < 0:
-            raise ValueError(f"--recover-steps {args.recover_steps}: use 0 (no recovery) or more")
+        for name, v, lo in (("--recover-steps", args.recover_steps, 0), ("--lora-rank", args.lora_rank, 0),
+                            ("--calib-samples", args.calib_samples, 1)):
+            if v < lo:
+                raise ValueError(f"{name} {v}: use {lo} or more")
         t0 = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(args.model_dir).eval()
-        tok = AutoTokenizer.from_pretrained(args.model_dir)
-        check_llama(model)
-        blocks = make_blocks(tok(_text(args.calib), return_tensors="pt").input_ids[0], args.seq_len)
-        calib = blocks[: min(4, len(blocks))]
+        loaded = load_pretrained(args.model_dir)
+        model = loaded.model.eval()
+        towers(model)  # refuses an unknown layout before any work
+        data = {ModelFamily.LLAMA: _text_data, ModelFamily.BERT: _text_data, ModelFamily.VIT: _vit_data,
+                ModelFamily.LLAVA: _mfm_data}[loaded.family]
+        calib, batch_fn, forward, distance = data(loaded, args)
+        teacher = copy.deepcopy(model) if args.recover_steps else None
 
-        def loss(m):
-            return m(input_ids=calib, labels=calib).loss
+        if args.criterion == "taylor" and distance != "kl":
+            raise ValueError("--criterion taylor needs a model with logits (its loss); use wanda or magnitude")
+
+        def loss(m):  # taylor's calibration loss, label-free: cross-entropy against the model's own predictions
+            logits = forward(m, calib).float().flatten(0, -2)
+            return torch.nn.functional.cross_entropy(logits, logits.detach().argmax(-1))
 
         with torch.no_grad():
-            info = prune_llama(model, args.ratio, run=lambda m: m(calib), blocks=args.blocks, criterion=args.criterion,
-                               loss=loss if args.criterion == "taylor" else None)
+            info = prune(model, args.ratio, run=lambda m: forward(m, calib), blocks=args.blocks, criterion=args.criterion,
+                         loss=loss if args.criterion == "taylor" else None, distance=distance, progress=print)
         if args.recover_steps:
-            model, losses = recover_lora(model, blocks, steps=args.recover_steps, seed=args.seed)
-            info["recovery"] = {"steps": args.recover_steps, "first_loss": losses[0][1], "last_loss": losses[-1][1]}
-        save_pretrained_atomic(model, args.out, tokenizer=tok)
+            model, losses = recover(model, batch_fn, kd_loss(teacher, forward, distance=distance), steps=args.recover_steps,
+                                    lr=args.lr, lora_rank=args.lora_rank or None, seed=args.seed)
+            info["recovery"] = {"steps": args.recover_steps, "lora_rank": args.lora_rank or None, "lr": args.lr,
+                                "first_loss": losses[0][1], "last_loss": losses[-1][1]}
+        save_pretrained_atomic(model, args.out, tokenizer=loaded.tokenizer_or_processor)
         info.update({"model_dir": str(args.model_dir), "calib": str(args.calib), "seconds": time.perf_counter() - t0})
         atomic_write_json(args.out / "prune.json", info)
         print(f"wrote {args.out}: {info['params_before']:,} -> {info['params_after']:,} parameters "
-              f"({info['ratio']:.1%} removed), blocks dropped {info['dropped_blocks']}, "
-              f"{info['mlp_channels_removed_per_layer']} MLP channels removed per layer")
+              f"({info['ratio']:.1%} removed); " + "; ".join(
+                  f"{n}: {t['layers']} layers, {t['heads']} heads, MLP {t['intermediate_size']}" for n, t in info["towers"].items()))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,33 +1,48 @@
-r"""How much to cut, and where: one call that prunes a Llama decoder to a parameter ratio.
+r"""How much to cut, and where: prune any model :mod:`ann.prune.surgery` knows to a parameter ratio.
 
-``prune_llama(model, ratio, blocks=K, criterion=..., run=...)``:
+``prune(model, ratio, run=..., criterion=...)`` cuts in *moves*, each one structure kind of one tower (modality):
 
-1. drops the ``K`` blocks of least block influence (``1 - cos(x_in, x_out)`` on the calibration run);
-2. removes the same number ``c`` of MLP channels from every remaining layer, the ``c`` least important of each
-   layer by ``criterion`` (magnitude, Wanda or Taylor; :mod:`ann.prune.importance`), with
+- ``blocks``: the one layer of least block influence (``1 - cos(x_in, x_out)``);
+- ``heads``: one attention group per layer (a KV head with its query heads), the least important of each layer;
+- ``mlp``: ``ceil(step * I_0)`` MLP channels per layer (``I_0`` the tower's original intermediate size), the least
+  important of each layer, fewer on the last move so that the ratio is met to within a channel per layer.
 
-       c = ceil(need / (L * 3 * hidden)),   need = ratio * P_0 - (P_0 - P_after_blocks)
+Which units a move removes follows ``criterion`` (magnitude, Wanda or Taylor; :mod:`ann.prune.importance`) on the
+model as it is at that point. *How much* of each kind in each tower follows measured sensitivity: every feasible
+move is tried on a copy, and the one with the smallest increase of the calibration distance per removed parameter
+is kept (greedy, hierarchy-aware across modality -> structure kind):
 
-   (``P``: all parameters, embeddings included; an MLP channel holds ``3 * hidden`` weights: a row of gate and
-   up, a column of down). Every layer keeps the same count because a HF config holds one intermediate size;
-   which channels go is per layer.
+    D(m) = mean over calibration positions of KL(p_0 || p_m),      pick argmin_move (D(after) - D(now)) / dP
 
-Everything is checked before the model is touched; the model is pruned in place and returned.
+with ``p_0`` the original model's output distribution on ``run(model)`` (logits, ``(..., V)``; for a bare
+encoder's features, the relative squared error instead: :func:`output_distance`). A move may not
+overshoot the target by more than ``overshoot`` of the parameters while another move fits. Every layer of a
+tower keeps the same counts (a HF config holds one size per tower); which units go is per layer.
+
+Parameters ``P``: all distinct parameters, embeddings included. ``blocks=K`` drops ``K`` blocks of the largest
+tower first, by block influence, and leaves blocks out of the search. Everything is checked before the model is
+touched; the model is pruned in place.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ann.finetune.lora import trainable_fraction
 from ann.prune.importance import CRITERIA, block_influence, input_norms
-from ann.prune.surgery import check_llama, drop_blocks, mlp_channel_slices, prune_mlp_channels
+from ann.prune.surgery import (Tower, check_heads, drop_blocks, head_group_slices, mlp_channel_slices,
+                               prune_head_groups, prune_mlp_channels, towers)
 
-__all__ = ["prune_llama", "count_params"]
+__all__ = ["prune", "count_params", "output_distance", "DISTANCES", "STRUCTURES", "Move"]
+
+STRUCTURES = ("blocks", "heads", "mlp")
 
 
 def count_params(model: nn.Module) -> int:
@@ -35,57 +50,213 @@ def count_params(model: nn.Module) -> int:
     return trainable_fraction(model)[1]
 
 
-def prune_llama(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], object], blocks: int = 0,
-                criterion: str = "wanda", loss: Callable[[nn.Module], torch.Tensor] | None = None) -> dict:
-    """Prune ``model`` in place to about ``ratio`` fewer parameters (module docstring); ``run(model)`` feeds it
-    calibration data (forward only); ``loss(model)``: a scalar calibration loss, needed by ``taylor``. Returns
-    what was removed."""
-    check_llama(model)
-    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio < 1.0):
+DISTANCES = ("kl", "mse")
+
+
+def output_distance(reference: torch.Tensor, output: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """How far ``output`` is from ``reference`` (differentiable in ``output``):
+
+    - ``kl``: ``mean over positions of KL(softmax(reference) || softmax(output))`` in nats, for logits ``(..., V)``;
+    - ``mse``: ``||output - reference||^2 / ||reference||^2``, for features (a bare encoder's hidden states).
+    """
+    if kind == "kl":
+        p = F.log_softmax(reference.float().flatten(0, -2), -1)
+        q = F.log_softmax(output.float().flatten(0, -2), -1)
+        return F.kl_div(q, p, log_target=True, reduction="batchmean")
+    if kind == "mse":
+        r = reference.float()
+        return (output.float() - r).pow(2).sum() / r.pow(2).sum().clamp_min(1e-12)
+    raise ValueError(f"distance={kind!r}; choose one of {DISTANCES}")
+
+
+@dataclass
+class Move:
+    """One cut: ``structure`` of tower ``tower`` (its index in :func:`towers`), ``keep[i]`` units kept in layer ``i``
+    (for ``blocks``: ``drop`` the removed layer indices)."""
+
+    tower: int
+    structure: str
+    amount: int
+    keep: list[list[int]] | None = None
+    drop: list[int] | None = None
+    params_removed: int = 0
+    distance: float = float("nan")
+
+    def summary(self, ts: Sequence[Tower]) -> dict:
+        return {"tower": ts[self.tower].name, "structure": self.structure, "amount": self.amount,
+                "params_removed": self.params_removed, "distance": self.distance,
+                **({"dropped": self.drop} if self.drop else {})}
+
+
+def _units(t: Tower, structure: str) -> int:
+    return {"blocks": len(t.layers), "heads": t.kv_heads, "mlp": t.intermediate}[structure]
+
+
+def _unit_params(model: nn.Module, t: Tower, structure: str) -> int:
+    """Parameters one unit of ``structure`` holds (per layer for heads / mlp, whole for a block)."""
+    layer = t.layers[0]
+    if structure == "blocks":
+        return count_params(layer)
+    slices = mlp_channel_slices(t, layer, torch.tensor([0])) if structure == "mlp" else head_group_slices(t, layer, 0)
+    n = sum(idx.numel() * (l.weight.shape[1 - axis]) + (idx.numel() if axis == 0 and l.bias is not None else 0)
+            for l, axis, idx in slices)
+    return n * len(t.layers)
+
+
+def _scores(model: nn.Module, t: Tower, structure: str, *, run, criterion: str, loss) -> list[torch.Tensor]:
+    """Importance of every unit of ``structure`` in every layer of ``t`` (higher = keep)."""
+    layers = list(t.layers)
+    slices_of = (lambda layer, j: mlp_channel_slices(t, layer, torch.tensor([j]))) if structure == "mlp" else \
+        (lambda layer, j: head_group_slices(t, layer, j))
+    norms: dict = {}
+    if criterion == "wanda":
+        lins = {id(l): l for layer in layers for l, _, _ in slices_of(layer, 0)}
+        norms = input_norms(model, run, lins.values())
+    elif criterion == "taylor":
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss(model).backward()
+    crit = CRITERIA[criterion]
+    out = [torch.tensor([crit(slices_of(layer, j), input_norms=norms) for j in range(_units(t, structure))])
+           for layer in layers]
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def _choose(model: nn.Module, tower: int, structure: str, amount: int, *, run, criterion: str, loss) -> Move:
+    """Which units ``amount`` of ``structure`` removes from tower ``tower`` of ``model`` (no change made)."""
+    t = towers(model)[tower]
+    if structure == "blocks":
+        bi = block_influence(t.layers, model, run)
+        return Move(tower, structure, amount, drop=sorted(sorted(range(len(bi)), key=bi.__getitem__)[:amount]))
+    scores = _scores(model, t, structure, run=run, criterion=criterion, loss=loss)
+    n = _units(t, structure)
+    return Move(tower, structure, amount, keep=[sorted(torch.topk(s, n - amount).indices.tolist()) for s in scores])
+
+
+def _apply(model: nn.Module, move: Move) -> None:
+    t = towers(model)[move.tower]
+    if move.structure == "blocks":
+        drop_blocks(t, move.drop)
+    elif move.structure == "heads":
+        prune_head_groups(t, move.keep)
+    else:
+        prune_mlp_channels(t, move.keep)
+
+
+def _max_removable(model: nn.Module, ts: Sequence[Tower], structures: Sequence[str]) -> int:
+    """Parameters removable with one block, one attention group and one MLP channel left per tower."""
+    total = 0
+    for t in ts:
+        layers = len(t.layers) - 1 if "blocks" in structures else 0
+        total += layers * count_params(t.layers[0])
+        per_layer = 0
+        if "mlp" in structures:
+            per_layer += _unit_params(model, t, "mlp") // len(t.layers) * (t.intermediate - 1)
+        if "heads" in structures and t.kind != "bert":
+            per_layer += _unit_params(model, t, "heads") // len(t.layers) * (t.kv_heads - 1)
+        total += per_layer * (len(t.layers) - layers)
+    return total
+
+
+def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Tensor], criterion: str = "wanda",
+          loss: Callable[[nn.Module], torch.Tensor] | None = None, blocks: int | None = None,
+          structures: Sequence[str] = STRUCTURES, step: float = 0.125, overshoot: float = 0.01, distance: str = "kl",
+          progress: Callable[[str], None] | None = None) -> dict:
+    """Prune ``model`` in place to about ``ratio`` fewer parameters (module docstring).
+
+    ``run(model)``: the calibration forward, returning logits ``(..., V)`` (Wanda's activations and the distance
+    both come from it; ``distance="mse"`` for features instead, see :func:`output_distance`); ``loss(model)``: a scalar calibration loss, needed by ``taylor``; ``structures``: the kinds
+    the search may cut; ``progress``: called with one line per move. Returns what was removed, move by move."""
+    ts = towers(model)
+    if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0.0 <= ratio < 1.0):
         raise ValueError(f"ratio={ratio!r}: the fraction of parameters to remove must be in [0, 1)")
-    n_layers = len(model.model.layers)
-    if not (isinstance(blocks, int) and 0 <= blocks < n_layers):
-        raise ValueError(f"blocks={blocks!r}: remove 0 to {n_layers - 1} of the {n_layers} blocks (at least one must stay)")
     if criterion not in CRITERIA:
         raise ValueError(f"criterion={criterion!r}; choose one of {sorted(CRITERIA)}")
     if criterion == "taylor" and loss is None:
         raise ValueError("criterion='taylor' needs loss=(model -> scalar calibration loss) for its gradients")
+    if distance not in DISTANCES:
+        raise ValueError(f"distance={distance!r}; choose one of {DISTANCES}")
+    bad = [s for s in structures if s not in STRUCTURES]
+    if bad or not structures:
+        raise ValueError(f"structures={list(structures)!r}; choose from {list(STRUCTURES)}")
+    if not 0 < step <= 1:
+        raise ValueError(f"step={step!r}: the MLP move size, a fraction of the intermediate size in (0, 1]")
+    main = max(range(len(ts)), key=lambda i: count_params(ts[i].layers))
+    if blocks is not None:
+        n = len(ts[main].layers)
+        if not (isinstance(blocks, int) and 0 <= blocks < n):
+            raise ValueError(f"blocks={blocks!r}: remove 0 to {n - 1} of the {n} blocks of {ts[main].name} (at least one must stay)")
+        structures = [s for s in structures if s != "blocks"]
+    structures = [s for s in structures if not (s == "heads" and all(t.kind == "bert" for t in ts))]
     p0 = count_params(model)
-    hidden, inter = model.config.hidden_size, model.config.intermediate_size
-    per_layer_mlp = 3 * hidden * inter
-    block_params = count_params(model.model.layers[0])
-    need = ratio * p0 - blocks * block_params
-    per_channel = (n_layers - blocks) * 3 * hidden
-    c = max(0, math.ceil(need / per_channel))
-    if c >= inter:
-        most = (blocks * block_params + (n_layers - blocks) * (per_layer_mlp - 3 * hidden)) / p0
-        raise ValueError(f"ratio={ratio}: with {blocks} blocks dropped, MLP channels can remove at most {most:.3f} of "
-                         f"the parameters (one channel per layer must stay); lower the ratio or drop more blocks")
+    fixed = blocks * count_params(ts[main].layers[0]) if blocks else 0
+    most = fixed + _max_removable(model, ts, structures) if structures else fixed
+    if ratio * p0 > most + 1e-9:
+        raise ValueError(f"ratio={ratio}: cutting {', '.join(structures) or 'nothing'} can remove at most "
+                         f"{most / p0:.3f} of the parameters (one block, head group and channel must stay per tower); "
+                         "lower the ratio or allow more structures")
 
-    dropped: list[int] = []
+    with torch.no_grad():
+        reference = run(model).detach()
+
+    def measure(m: nn.Module) -> float:
+        with torch.no_grad():
+            return float(output_distance(reference, run(m), distance))
+
+    kw = dict(run=run, criterion=criterion, loss=loss)
+    moves: list[Move] = []
     if blocks:
-        bi = block_influence(model.model.layers, model, run)
-        dropped = sorted(sorted(range(n_layers), key=bi.__getitem__)[:blocks])
-        drop_blocks(model, dropped)
-    if c:
-        layers = model.model.layers
-        norms = {}
-        if criterion == "wanda":
-            norms = input_norms(model, run, [l for layer in layers for l in (layer.mlp.gate_proj, layer.mlp.down_proj)])
-            for layer in layers:
-                norms[layer.mlp.up_proj] = norms[layer.mlp.gate_proj]  # one input
-        elif criterion == "taylor":
-            model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                loss(model).backward()
-        crit = CRITERIA[criterion]
-        keep = []
-        for layer in layers:
-            scores = torch.tensor([crit(mlp_channel_slices(layer, torch.tensor([j])), input_norms=norms)
-                                   for j in range(inter)])
-            keep.append(sorted(torch.topk(scores, inter - c).indices.tolist()))
-        prune_mlp_channels(model, keep)
-        model.zero_grad(set_to_none=True)
-    return {"ratio_target": ratio, "ratio": 1 - count_params(model) / p0, "dropped_blocks": dropped,
-            "mlp_channels_removed_per_layer": c, "criterion": criterion, "params_before": p0,
-            "params_after": count_params(model)}
+        mv = _choose(model, main, "blocks", blocks, **kw)
+        before = count_params(model)
+        _apply(model, mv)
+        mv.params_removed, mv.distance = before - count_params(model), measure(model)
+        moves.append(mv)
+    target = ratio * p0
+    now = measure(model) if moves else 0.0
+    mlp0 = [t.intermediate for t in towers(model)]
+    while p0 - count_params(model) < target - 1e-9:
+        need = target - (p0 - count_params(model))
+        ts = towers(model)
+        cands: list[Move] = []
+        for i, t in enumerate(ts):
+            for s in structures:
+                if s == "heads":
+                    try:
+                        check_heads(t)
+                    except ValueError:
+                        continue
+                units = _units(t, s)
+                if units <= 1:
+                    continue
+                if s == "mlp":
+                    per = _unit_params(model, t, s)
+                    amount = min(units - 1, math.ceil(step * mlp0[i]), math.ceil(need / per))
+                else:
+                    amount = 1
+                cands.append(Move(i, s, amount))
+        tried = []
+        for mv in cands:
+            trial = copy.deepcopy(model)
+            chosen = _choose(trial, mv.tower, mv.structure, mv.amount, **kw)
+            before = count_params(trial)
+            _apply(trial, chosen)
+            chosen.params_removed = before - count_params(trial)
+            chosen.distance = measure(trial)
+            tried.append(chosen)
+            del trial
+        fits = [m for m in tried if m.params_removed <= need + overshoot * p0]
+        pool = fits or tried
+        best = min(pool, key=lambda m: (m.distance - now) / max(m.params_removed, 1))
+        _apply(model, best)
+        now = best.distance
+        moves.append(best)
+        if progress:
+            progress(f"prune: {ts[best.tower].name} {best.structure} -{best.amount}: "
+                     f"{1 - count_params(model) / p0:.3f} removed, {distance} {best.distance:.4f}")
+    final = towers(model)
+    return {"ratio_target": ratio, "ratio": 1 - count_params(model) / p0, "criterion": criterion,
+            "params_before": p0, "params_after": count_params(model),
+            "moves": [m.summary(final) for m in moves], "distance": now,
+            "towers": {t.name: {"kind": t.kind, "layers": len(t.layers), "intermediate_size": t.intermediate,
+                                "heads": t.heads, "kv_heads": t.kv_heads} for t in final}}

@@ -1,31 +1,58 @@
-"""Recovery fine-tuning of a pruned causal LM with LoRA (:mod:`ann.finetune.lora`): adapters on every linear layer
-of the family, ``steps`` AdamW steps of next-token loss on token blocks, then merged back, so the result is again
-an ordinary (pruned) HF model."""
+r"""Recovery fine-tuning of a pruned model: knowledge distillation from the unpruned model, or a task loss; all
+weights or LoRA adapters (:mod:`ann.finetune.lora`, merged back, so the result is again an ordinary HF model).
+
+Distillation (Hinton et al. 2015; the recovery Minitron and Sheared-LLaMA use) needs no labels: with ``f`` the
+calibration forward (logits ``(..., V)``) of the unpruned teacher ``T`` and the pruned student ``S``,
+
+    L_KD(x) = mean over positions of KL( softmax(f_T(x)) || softmax(f_S(x)) )
+
+which is :func:`ann.prune.plan.output_distance`: the same quantity the search minimised, now driven down by
+training (``distance="mse"`` for a bare encoder's features). Steps run through :func:`tasks.training.train_loop` (AdamW, warmup + cosine).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ann.finetune.lora import LoraSettings, add_lora, merge_lora
-from ann.train.code import block_batch_fn, lm_loss
+from ann.prune.plan import output_distance
 from tasks.training import LoopConfig, train_loop
 
-__all__ = ["recover_lora"]
+__all__ = ["kd_loss", "recover"]
 
 
-def recover_lora(model: nn.Module, blocks: torch.Tensor, *, steps: int, lr: float = 1e-3, batch_size: int = 4,
-                 rank: int = 16, seed: int = 0, progress: bool = True) -> tuple[nn.Module, list[tuple[int, float]]]:
-    """Fine-tune ``model`` on ``blocks`` ((N, T) token ids) for ``steps`` steps with LoRA and merge; returns the
-    merged model and the (step, loss) log."""
+def kd_loss(teacher: nn.Module, forward: Callable[[nn.Module, dict], torch.Tensor], *, distance: str = "kl"
+            ) -> Callable[[nn.Module, dict], torch.Tensor]:
+    """``loss_fn(student, batch)`` = :func:`output_distance` (teacher -> student) of ``forward`` on ``batch``."""
+    teacher.eval().requires_grad_(False)
+
+    def loss_fn(student: nn.Module, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            t = forward(teacher, batch)
+        return output_distance(t, forward(student, batch), distance)
+
+    return loss_fn
+
+
+def recover(model: nn.Module, batch_fn: Callable[[int, int, int], dict], loss_fn: Callable[[nn.Module, dict], torch.Tensor],
+            *, steps: int, lr: float, lora_rank: int | None = None, seed: int = 0, progress: bool = True,
+            desc: str = "prune-recovery") -> tuple[nn.Module, list[tuple[int, float]]]:
+    """Fine-tune ``model`` for ``steps`` steps of ``loss_fn`` on ``batch_fn``'s batches (``tasks.training``'s
+    contract); every weight, or LoRA adapters of rank ``lora_rank`` merged back at the end. Returns the model
+    (in eval mode) and the (step, loss) log."""
     if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"recover_lora: steps={steps!r} must be an int >= 1")
-    peft_model = add_lora(model, LoraSettings(rank=rank, alpha=2.0 * rank))
-    cfg = LoopConfig(steps=steps, lr=lr, warmup_steps=min(10, steps // 10), seed=seed)
-    peft_model.train()
-    result = train_loop(peft_model, batch_fn=block_batch_fn(blocks, batch_size=batch_size, seed=seed), loss_fn=lm_loss,
-                        config=cfg, out_dir=None, progress=progress, desc="prune-recovery")
-    merged = merge_lora(peft_model).eval()
-    for p in merged.parameters():
+        raise ValueError(f"recover: steps={steps!r} must be an int >= 1")
+    if lora_rank is not None and not (isinstance(lora_rank, int) and lora_rank >= 1):
+        raise ValueError(f"recover: lora_rank={lora_rank!r} must be None (all weights) or an int >= 1")
+    trained = add_lora(model, LoraSettings(rank=lora_rank, alpha=2.0 * lora_rank)) if lora_rank else model
+    cfg = LoopConfig(steps=steps, lr=lr, warmup_steps=min(20, steps // 10), seed=seed)
+    trained.train()
+    result = train_loop(trained, batch_fn=batch_fn, loss_fn=loss_fn, config=cfg, out_dir=None, progress=progress, desc=desc)
+    out = merge_lora(trained) if lora_rank else trained
+    out.eval()
+    for p in out.parameters():
         p.requires_grad_(True)
-    return merged, list(result.losses)
+    return out, list(result.losses)

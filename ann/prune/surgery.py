@@ -1,65 +1,177 @@
-r"""Physical pruning of Llama-family decoders (``LlamaForCausalLM`` and models with its layout: SmolLM2).
+r"""Physical pruning of Hugging Face transformers: which weights are coupled, and cutting them out.
+
+A model is a set of *towers*, stacks of identical transformer layers with one config each (:func:`towers`):
+
+- ``llama``: Llama-family decoders (``LlamaForCausalLM``, SmolLM2, a LLaVA's language model):
+  ``layer.self_attn.{q,k,v,o}_proj``, ``layer.mlp.{gate,up,down}_proj``;
+- ``vit``: ViT encoders (``ViTModel``, ``ViTForImageClassification``, a LLaVA's ViT vision tower):
+  ``layer.attention.{q,k,v,o}_proj``, ``layer.mlp.{fc1,fc2}``;
+- ``bert``: BERT-family encoders (``BertModel``, ``BertFor*``): ``layer.attention.self.{query,key,value}``,
+  ``layer.attention.output.dense``, ``layer.intermediate.dense``, ``layer.output.dense``.
+
+A LLaVA (the MFM included) has two towers, ``vision`` and ``text``; its projector's hidden width is tied to the
+text width by the config, so it is left as it is.
 
 Coupled weights (what goes together):
 
-- MLP channel ``j`` of a layer: row ``j`` of ``gate_proj`` and ``up_proj``, column ``j`` of ``down_proj``;
-- KV group ``g`` of a layer (grouped-query attention, ``r = heads / kv_heads`` query heads per KV head):
-  rows ``[g d, (g+1) d)`` of ``k_proj`` and ``v_proj``, rows of its ``r`` query heads in ``q_proj`` and the
-  matching columns of ``o_proj`` (``d`` = head_dim). Removing whole groups keeps GQA's pairing intact;
-- a block: the whole decoder layer (the residual stream passes through unchanged).
+- MLP channel ``j`` of a layer: row ``j`` of the input projections (gate and up; fc1; intermediate.dense) with
+  their bias, column ``j`` of the output projection (down; fc2; output.dense);
+- attention group ``g`` (grouped-query attention, ``r = heads / kv_heads`` query heads per KV head; ``r = 1``
+  without GQA): rows ``[g d, (g+1) d)`` of K and V, rows of its ``r`` query heads in Q and the matching columns
+  of O (``d`` = head_dim). Removing whole groups keeps GQA's pairing intact;
+- a block: the whole layer (the residual stream passes through unchanged).
 
-A Hugging Face config holds one ``intermediate_size``, one head count and one layer count, so every layer keeps
-the same number of channels and groups (which ones is per layer): the result is an ordinary model that
+A Hugging Face config holds one intermediate size, one head count and one layer count per tower, so every layer
+keeps the same number of channels and groups (which ones is per layer): the result is an ordinary model that
 ``save_pretrained`` / ``from_pretrained`` handle. ``head_dim`` is written to the config explicitly, since
-``hidden_size / num_attention_heads`` no longer gives it.
+``hidden_size / num_attention_heads`` no longer gives it. BERT computes its head size as ``hidden_size / heads``
+and reads no ``head_dim``, so its heads cannot be pruned into a loadable model: refused, with that reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["check_llama", "mlp_channel_slices", "kv_group_slices", "prune_mlp_channels", "prune_kv_groups",
-           "drop_blocks"]
+__all__ = ["Tower", "towers", "mlp_channel_slices", "head_group_slices", "prune_mlp_channels",
+           "check_heads", "prune_head_groups", "drop_blocks"]
+
+# kind -> (attention module path, q, k, v, o names), (MLP input projections, MLP output projection)
+_LAYOUT = {
+    "llama": (("self_attn", "q_proj", "k_proj", "v_proj", "o_proj"), ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
+    "vit": (("attention", "q_proj", "k_proj", "v_proj", "o_proj"), ("mlp.fc1",), "mlp.fc2"),
+    "bert": (("attention.self", "query", "key", "value", "../output.dense"), ("intermediate.dense",), "output.dense"),
+}
 
 
-def check_llama(model: nn.Module) -> None:
-    """Refuse, before anything is touched, a model whose layout this surgery does not know."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    ok = layers is not None and len(layers) > 0 and all(
-        hasattr(l, "self_attn") and hasattr(l, "mlp") and all(hasattr(l.mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
-        and all(hasattr(l.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) for l in layers)
-    if not ok:
-        raise ValueError(f"{type(model).__name__}: not a Llama-style decoder (model.layers[i].self_attn.{{q,k,v,o}}_proj, "
-                         ".mlp.{gate,up,down}_proj); this surgery knows only that layout so far")
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
 
 
-def _head_dim(model: nn.Module) -> int:
-    c = model.config
-    return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+def _set(module: nn.Module, path: str, value: nn.Module) -> None:
+    *parent, last = path.split(".")
+    setattr(_get(module, ".".join(parent)) if parent else module, last, value)
 
 
-def mlp_channel_slices(layer: nn.Module, j: torch.Tensor) -> list:
-    """The coupled slices of MLP channels ``j`` (for :mod:`ann.prune.importance`)."""
-    m = layer.mlp
-    return [(m.gate_proj, 0, j), (m.up_proj, 0, j), (m.down_proj, 1, j)]
+def _kind(layer: nn.Module) -> str | None:
+    for kind, ((attn, q, k, v, o), ins, out) in _LAYOUT.items():
+        paths = (f"{attn}.{q}", f"{attn}.{k}", f"{attn}.{v}", _o_path(attn, o), *ins, out)
+        try:
+            if all(isinstance(_get(layer, p), nn.Linear) for p in paths):
+                return kind
+        except AttributeError:
+            continue
+    return None
 
 
-def _group_rows(model: nn.Module, groups: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row indices of KV groups ``groups`` in k/v_proj and in q_proj (= o_proj's columns)."""
-    d, r = _head_dim(model), model.config.num_attention_heads // model.config.num_key_value_heads
+def _o_path(attn: str, o: str) -> str:
+    """O's path in the layer (BERT keeps it next to, not inside, the self-attention module)."""
+    if o.startswith("../"):
+        return ".".join(attn.split(".")[:-1] + [o[3:]])
+    return f"{attn}.{o}"
+
+
+@dataclass
+class Tower:
+    """One stack of identical layers: ``owner.<attr>`` is its ``nn.ModuleList``; ``config`` the (sub-)config every
+    layer was built from (the same object the model saves); ``kind`` its layout (module docstring)."""
+
+    name: str
+    kind: str
+    owner: nn.Module
+    attr: str
+    config: object
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return getattr(self.owner, self.attr)
+
+    def attn(self, layer: nn.Module) -> tuple[nn.Module, nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+        """The attention module and its Q, K, V, O projections."""
+        attn, q, k, v, o = _LAYOUT[self.kind][0]
+        a = _get(layer, attn)
+        return a, getattr(a, q), getattr(a, k), getattr(a, v), _get(layer, _o_path(attn, o))
+
+    def mlp(self, layer: nn.Module) -> tuple[list[nn.Linear], nn.Linear]:
+        """The MLP's input projections (cut by rows) and output projection (cut by columns)."""
+        _, ins, out = _LAYOUT[self.kind]
+        return [_get(layer, p) for p in ins], _get(layer, out)
+
+    @property
+    def heads(self) -> int:
+        return self.config.num_attention_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return getattr(self.config, "num_key_value_heads", None) or self.heads
+
+    @property
+    def head_dim(self) -> int:
+        return getattr(self.config, "head_dim", None) or self.config.hidden_size // self.heads
+
+    @property
+    def intermediate(self) -> int:
+        return self.config.intermediate_size
+
+
+_DEFAULT_NAME = {"llama": "text", "vit": "vision", "bert": "encoder"}
+
+
+def towers(model: nn.Module) -> list[Tower]:
+    """The towers of ``model`` (module docstring); raises ``ValueError`` naming what is known if none is found."""
+    found: list[Tower] = []
+    for path, module in model.named_modules():
+        for attr, child in module.named_children():
+            if not isinstance(child, nn.ModuleList) or len(child) == 0:
+                continue
+            kinds = {_kind(l) for l in child}
+            if len(kinds) != 1 or None in kinds:
+                continue
+            kind = kinds.pop()
+            config = _tower_config(child[0], kind)
+            full = f"{path}.{attr}" if path else attr
+            name = "vision" if "vision" in full else "text" if "language" in full else _DEFAULT_NAME[kind]
+            if any(t.name == name for t in found):
+                name = f"{name}{len(found)}"
+            found.append(Tower(name=name, kind=kind, owner=module, attr=attr, config=config))
+    if not found:
+        raise ValueError(f"{type(model).__name__}: no transformer layers this surgery knows (Llama-family decoders, ViT "
+                         "and BERT-family encoders, and LLaVA models made of them)")
+    return found
+
+
+def _tower_config(layer: nn.Module, kind: str):
+    attn = _get(layer, _LAYOUT[kind][0][0])
+    config = getattr(attn, "config", None)
+    if config is None:
+        raise ValueError(f"{type(layer).__name__}: its attention module holds no config; cannot update the model's sizes")
+    return config
+
+
+def mlp_channel_slices(tower: Tower, layer: nn.Module, j: torch.Tensor) -> list:
+    """The coupled slices of MLP channels ``j`` of ``layer`` (for :mod:`ann.prune.importance`)."""
+    ins, out = tower.mlp(layer)
+    return [(l, 0, j) for l in ins] + [(out, 1, j)]
+
+
+def _group_rows(tower: Tower, groups: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices of attention groups ``groups`` in K/V and in Q (= O's columns)."""
+    d, r = tower.head_dim, tower.heads // tower.kv_heads
     kv = torch.cat([torch.arange(g * d, (g + 1) * d) for g in groups])
     q = torch.cat([torch.arange(g * r * d, (g + 1) * r * d) for g in groups])
     return kv, q
 
 
-def kv_group_slices(model: nn.Module, layer: nn.Module, g: int) -> list:
-    """The coupled slices of KV group ``g`` of ``layer``."""
-    kv, q = _group_rows(model, [g])
-    a = layer.self_attn
-    return [(a.k_proj, 0, kv), (a.v_proj, 0, kv), (a.q_proj, 0, q), (a.o_proj, 1, q)]
+def head_group_slices(tower: Tower, layer: nn.Module, g: int) -> list:
+    """The coupled slices of attention group ``g`` of ``layer``."""
+    kv, q = _group_rows(tower, [g])
+    _, wq, wk, wv, wo = tower.attn(layer)
+    return [(wk, 0, kv), (wv, 0, kv), (wq, 0, q), (wo, 1, q)]
 
 
 def _cut(linear: nn.Linear, axis: int, keep: torch.Tensor) -> nn.Linear:
@@ -70,6 +182,14 @@ def _cut(linear: nn.Linear, axis: int, keep: torch.Tensor) -> nn.Linear:
         if linear.bias is not None:
             out.bias.copy_(linear.bias.detach() if axis == 1 else linear.bias.detach().index_select(0, keep))
     return out
+
+
+def _replace(layer: nn.Module, old: nn.Linear, new: nn.Linear) -> None:
+    for name, m in layer.named_modules():
+        if m is old:
+            _set(layer, name, new)
+            return
+    raise AssertionError("linear layer not found in its layer")
 
 
 def _keep_lists(keep: Sequence[Sequence[int]], n_layers: int, size: int, what: str) -> list[torch.Tensor]:
@@ -91,60 +211,65 @@ def _keep_lists(keep: Sequence[Sequence[int]], n_layers: int, size: int, what: s
 
 
 @torch.no_grad()
-def prune_mlp_channels(model: nn.Module, keep: Sequence[Sequence[int]]) -> nn.Module:
-    """Keep MLP channels ``keep[i]`` of layer ``i`` (in place; returns ``model``)."""
-    check_llama(model)
-    layers = model.model.layers
-    idx = _keep_lists(keep, len(layers), model.config.intermediate_size, "prune_mlp_channels")
-    for layer, k in zip(layers, idx):
-        m = layer.mlp
-        m.gate_proj, m.up_proj, m.down_proj = _cut(m.gate_proj, 0, k), _cut(m.up_proj, 0, k), _cut(m.down_proj, 1, k)
-        if hasattr(m, "intermediate_size"):
-            m.intermediate_size = len(k)
-    model.config.intermediate_size = len(idx[0])
-    return model
+def prune_mlp_channels(tower: Tower, keep: Sequence[Sequence[int]]) -> None:
+    """Keep MLP channels ``keep[i]`` of layer ``i`` of ``tower`` (in place)."""
+    idx = _keep_lists(keep, len(tower.layers), tower.intermediate, f"prune_mlp_channels({tower.name})")
+    for layer, k in zip(tower.layers, idx):
+        ins, out = tower.mlp(layer)
+        for l in ins:
+            _replace(layer, l, _cut(l, 0, k))
+        _replace(layer, out, _cut(out, 1, k))
+        for m in layer.modules():  # LlamaMLP keeps its own copy
+            if isinstance(getattr(m, "intermediate_size", None), int):
+                m.intermediate_size = len(k)
+    tower.config.intermediate_size = len(idx[0])
+
+
+def check_heads(tower: Tower) -> None:
+    """Refuse head pruning where the config cannot express it (BERT: head size = hidden / heads, no ``head_dim``)."""
+    if tower.kind == "bert":
+        raise ValueError(f"{tower.name}: BERT computes its head size as hidden_size / num_attention_heads and reads no "
+                         "head_dim, so fewer heads cannot be saved as a loadable model; prune MLP channels and blocks")
 
 
 @torch.no_grad()
-def prune_kv_groups(model: nn.Module, keep: Sequence[Sequence[int]]) -> nn.Module:
-    """Keep KV groups ``keep[i]`` of layer ``i`` (each with its query heads; in place; returns ``model``)."""
-    check_llama(model)
-    c, layers = model.config, model.model.layers
-    d, r = _head_dim(model), c.num_attention_heads // c.num_key_value_heads
-    idx = _keep_lists(keep, len(layers), c.num_key_value_heads, "prune_kv_groups")
-    for layer, groups in zip(layers, idx):
-        a = layer.self_attn
-        kv, q = _group_rows(model, groups.tolist())
-        a.k_proj, a.v_proj = _cut(a.k_proj, 0, kv), _cut(a.v_proj, 0, kv)
-        a.q_proj, a.o_proj = _cut(a.q_proj, 0, q), _cut(a.o_proj, 1, q)
-        for name, v in (("num_heads", len(groups) * r), ("num_key_value_heads", len(groups))):
+def prune_head_groups(tower: Tower, keep: Sequence[Sequence[int]]) -> None:
+    """Keep attention groups ``keep[i]`` of layer ``i`` (each KV head with its query heads; in place)."""
+    check_heads(tower)
+    d, r = tower.head_dim, tower.heads // tower.kv_heads
+    idx = _keep_lists(keep, len(tower.layers), tower.kv_heads, f"prune_head_groups({tower.name})")
+    for layer, groups in zip(tower.layers, idx):
+        a, wq, wk, wv, wo = tower.attn(layer)
+        kv, q = _group_rows(tower, groups.tolist())
+        for lin, axis, rows in ((wk, 0, kv), (wv, 0, kv), (wq, 0, q), (wo, 1, q)):
+            _replace(layer, lin, _cut(lin, axis, rows))
+        for name, v in (("num_heads", len(groups) * r), ("num_attention_heads", len(groups) * r),
+                        ("num_key_value_heads", len(groups))):
             if hasattr(a, name):
                 setattr(a, name, v)
+    c = tower.config
     c.head_dim = d
-    c.num_key_value_heads = len(idx[0])
+    if hasattr(c, "num_key_value_heads"):
+        c.num_key_value_heads = len(idx[0])
     c.num_attention_heads = len(idx[0]) * r
-    return model
 
 
 @torch.no_grad()
-def drop_blocks(model: nn.Module, drop: Sequence[int]) -> nn.Module:
-    """Remove decoder layers ``drop`` (in place; returns ``model``); the kept layers are renumbered for the KV
-    cache."""
-    check_llama(model)
-    n = len(model.model.layers)
+def drop_blocks(tower: Tower, drop: Sequence[int]) -> None:
+    """Remove layers ``drop`` of ``tower`` (in place); the kept layers are renumbered for the KV cache."""
+    n = len(tower.layers)
     drop = sorted(set(int(i) for i in drop))
     if any(i < 0 or i >= n for i in drop):
-        raise ValueError(f"drop_blocks: indices must be in [0, {n}); got {drop}")
+        raise ValueError(f"drop_blocks({tower.name}): indices must be in [0, {n}); got {drop}")
     if len(drop) >= n:
-        raise ValueError(f"drop_blocks: removing {len(drop)} of {n} blocks leaves none; keep at least one")
-    kept = [l for i, l in enumerate(model.model.layers) if i not in drop]
-    model.model.layers = nn.ModuleList(kept)
+        raise ValueError(f"drop_blocks({tower.name}): removing {len(drop)} of {n} blocks leaves none; keep at least one")
+    kept = [l for i, l in enumerate(tower.layers) if i not in drop]
+    setattr(tower.owner, tower.attr, nn.ModuleList(kept))
     for i, l in enumerate(kept):
-        l.self_attn.layer_idx = i
-        if hasattr(l, "layer_idx"):
-            l.layer_idx = i
-    c = model.config
+        for m in l.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = i
+    c = tower.config
     if getattr(c, "layer_types", None):
         c.layer_types = [t for i, t in enumerate(c.layer_types) if i not in drop]
     c.num_hidden_layers = len(kept)
-    return model

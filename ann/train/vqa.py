@@ -45,7 +45,7 @@ from tasks.dist import shard, DistInfo
 from tasks.synthmed import ANSWER_VOCAB, QUESTION_TEMPLATES, QuestionType, SynthMedSplit
 
 __all__ = ["VQATensors", "encode_vqa", "AnswerProbe", "VQAObjective", "image_features", "vqa_batch_fn", "predict_answers",
-           "evaluate_mfm", "evaluate_probe", "answer_accuracy", "answer_slot_logits"]
+           "evaluate_mfm", "evaluate_probe", "answer_accuracy", "answer_slot_logits", "target_logits"]
 
 _IGNORE = -100
 
@@ -119,6 +119,20 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)  # left padding: the first real token is position 0
 
 
+def _sequence_logits(mfm: nn.Module, feats: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits (N, L, vocab) of left-padded prompts whose ``<image>`` slots hold ``feats`` (N, V, Dt)."""
+    return mfm(inputs_embeds=_embed(mfm, input_ids, feats), attention_mask=attention_mask,
+               position_ids=_positions(attention_mask)).logits
+
+
+def target_logits(mfm: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Teacher-forced logits at every target position of a :func:`vqa_batch_fn` batch (answer words and
+    ``<eos>``, in sample order): (number of targets, vocab); what a pruned MFM distils from the unpruned one."""
+    feats = image_features(mfm, batch["pixel_values"])[batch["image_index"]]
+    logits = _sequence_logits(mfm, feats, batch["input_ids"], batch["attention_mask"])
+    return logits[:, :-1][batch["labels"][:, 1:] != _IGNORE]
+
+
 class AnswerProbe(nn.Module):
     """Answers of all ``num_templates`` questions from an image's visual tokens: (B, V, D) -> (B, T, answers).
 
@@ -160,9 +174,7 @@ class VQAObjective(nn.Module):
         img = image_features(self.mfm, pixel_values)  # (B, V, Dt)
         loss = img.new_zeros(())
         if input_ids is not None:
-            feats = img[image_index]  # (N, V, Dt)
-            logits = self.mfm(inputs_embeds=_embed(self.mfm, input_ids, feats), attention_mask=attention_mask,
-                              position_ids=_positions(attention_mask)).logits  # (N, L, vocab)
+            logits = _sequence_logits(self.mfm, img[image_index], input_ids, attention_mask)  # (N, L, vocab)
             nll = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
                                               ignore_index=_IGNORE, reduction="sum")
             loss = nll / input_ids.shape[0]
@@ -220,8 +232,7 @@ def predict_answers(mfm: nn.Module, tokenizer, data: VQATensors, *, images_per_b
         done = torch.zeros(len(samples), dtype=torch.bool)
         gen: list[list[int]] = [[] for _ in range(len(samples))]
         for _ in range(max_new_tokens):
-            logits = mfm(inputs_embeds=_embed(mfm, ids, feats), attention_mask=mask,
-                         position_ids=_positions(mask)).logits[:, -1]  # (N, vocab)
+            logits = _sequence_logits(mfm, feats, ids, mask)[:, -1]  # (N, vocab)
             nxt = logits.argmax(-1)
             for i in torch.nonzero(~done).flatten().tolist():
                 if int(nxt[i]) == tokenizer.eos_token_id:
@@ -253,8 +264,7 @@ def answer_slot_logits(mfm: nn.Module, data: VQATensors, *, images_per_batch: in
         samples = torch.from_numpy(data.by_image[imgs].reshape(-1))
         feats = image_features(mfm, data.images[torch.from_numpy(imgs)]).repeat_interleave(q, dim=0)
         mask = data.attention_mask[samples]
-        logits = mfm(inputs_embeds=_embed(mfm, data.input_ids[samples], feats), attention_mask=mask,
-                     position_ids=_positions(mask)).logits  # (n, L, vocab)
+        logits = _sequence_logits(mfm, feats, data.input_ids[samples], mask)  # (n, L, vocab)
         r = (data.labels[samples] != _IGNORE).sum(1)  # (n,)
         for j in range(R):
             ok = j < r
