@@ -33,6 +33,7 @@ most 2 % higher perplexity. Writes ``quant.json``, ``quant.md`` and ``quant_pare
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import tempfile
@@ -261,6 +262,23 @@ def _images(data, a: int, b: int):
         answers=tuple(data.answers[i] for i in idx.tolist()), all_answers=data.all_answers[a:b])
 
 
+@contextlib.contextmanager
+def no_image_answers(mfm):
+    """While active, ``<image>`` is never a candidate answer token of ``mfm``: a damaged (quantized, pruned) model can
+    emit it, and ``ann.train.vqa.predict_answers`` would then take it for an image slot and fail."""
+    image_token = mfm.config.image_token_id
+
+    def hook(_mod, _inp, out):
+        out[..., image_token] = float("-inf")
+        return out
+
+    handle = mfm.lm_head.register_forward_hook(hook)
+    try:
+        yield mfm
+    finally:
+        handle.remove()
+
+
 def _mfm(profile: Profile, log, cache_dir: Path) -> dict:
     from ann.models.mfm import MFMForConditionalGeneration
     from ann.train.vqa import answer_slot_logits, encode_vqa, evaluate_mfm
@@ -294,20 +312,9 @@ def _mfm(profile: Profile, log, cache_dir: Path) -> dict:
     def forward(m, batch):  # the answer-slot logits of one part's validation images
         return answer_slot_logits(m, parts[batch], images_per_batch=k)
 
-    image_token = model.config.image_token_id
-
     def accuracy(m) -> float:
-        # A badly quantized model can emit <image> as an answer word; ann.train.vqa.predict_answers would then
-        # take it for an image slot and fail, so <image> is never a candidate answer token here (all models alike).
-        def no_image_token(_mod, _inp, out):
-            out[..., image_token] = float("-inf")
-            return out
-
-        handle = m.lm_head.register_forward_hook(no_image_token)
-        try:
+        with no_image_answers(m):
             return evaluate_mfm(m, tok, test, test_split)["accuracy"]
-        finally:
-            handle.remove()
 
     res: dict = {"fp32": {"accuracy": accuracy(model), "average_bits": 32.0,
                           "ram_bytes": sum(p.numel() * 4 for p in model.parameters())}, "params": metrics["params"],

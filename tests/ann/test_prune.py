@@ -95,6 +95,7 @@ def test_prune_reaches_the_ratio_keeps_working_and_refuses_bad_requests(criterio
 
     p0 = count_params(model)
     info = prune(model, 0.3, run=run, blocks=1, criterion=criterion, loss=loss)
+    assert info["params_before"] == p0 and info["params_after"] == count_params(model)
     assert info["ratio"] >= 0.3 and info["ratio"] < 0.3 + 0.01 + 1e-9  # the overshoot allowance
     assert info["moves"][0]["structure"] == "blocks" and model.config.num_hidden_layers == 2
     assert all(p.grad is None for p in model.parameters())

@@ -1,0 +1,315 @@
+"""Structural pruning with recovery, on the MFM (SynthMed-VQA accuracy) and on SmolLM2-135M (held-out perplexity),
+with measured CPU latency, and pruning followed by quantization.
+
+In one run, for each model and each parameter ratio of the profile:
+
+1. ``ann.prune.plan.prune``: the greedy search over towers (the MFM's vision and text towers; SmolLM2's decoder)
+   and structure kinds (blocks, attention groups, MLP channels), Wanda importance, distance = KL of the outputs
+   to the unpruned model on calibration data (SmolLM2: blocks of the stdlib corpus' train split; the MFM: the
+   answer-slot logits of training images);
+2. recovery: distillation from the unpruned model (``ann.prune.recover``, all weights, AdamW), on the same
+   training data, never on the test data;
+3. the metric before and after recovery (SmolLM2: bits per byte and perplexity of ``ann.train.code.EvalProtocol``'s
+   held-out files; the MFM: exact-match accuracy on a 4000-image SynthMed test split, 12000 questions) and latency,
+   measured on the same machine in the same run, models timed in turn (interleaved, median of the rounds) since
+   this box's speed drifts by tens of percent over seconds:
+   SmolLM2: a forward pass over one 256-token prompt (prefill), and one greedy decoding step;
+   the MFM: answering a batch of 32 images (96 questions, greedy, as ``ann.train.vqa.predict_answers`` does);
+4. prune-then-quantize (:mod:`quant`): the recovered SmolLM2 in int8 weight-only execution (``quant.int8``,
+   W8A16, fused), its bits per byte and decoding speed next to the fp32 and the unpruned int8 model.
+
+Targets (issue [P]): at 30 % fewer parameters, latency at least 1.3x lower and, after recovery, MFM accuracy within
+2 points / SmolLM2 perplexity within 10 % of the unpruned model. Writes ``prune.json``, ``prune.md`` and
+``prune.png`` (fraction removed vs metric, and latency speedup).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import Target, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
+
+
+@dataclass(frozen=True)
+class Profile:
+    ratios: tuple[float, ...]
+    lm_eval_bytes: int
+    lm_calib_blocks: int  # 256-token blocks in the search's calibration batch
+    lm_recover_steps: int  # distillation steps, 4 blocks of 256 tokens each
+    lm_lr: float
+    lm_rounds: int  # interleaved latency rounds
+    mfm_size: str
+    mfm_calib_images: int
+    mfm_recover_steps: int  # distillation steps, 32 images (96 questions) each
+    mfm_lr: float
+    mfm_test_images: int
+    mfm_rounds: int
+
+
+PROFILES = {
+    "quick": Profile(ratios=(0.3,), lm_eval_bytes=16_000, lm_calib_blocks=4, lm_recover_steps=250, lm_lr=2e-4,
+                     lm_rounds=15, mfm_size="large", mfm_calib_images=64, mfm_recover_steps=600, mfm_lr=1e-3,
+                     mfm_test_images=4000, mfm_rounds=15),
+    "full": Profile(ratios=(0.1, 0.2, 0.3, 0.4), lm_eval_bytes=100_000, lm_calib_blocks=8, lm_recover_steps=600,
+                    lm_lr=2e-4, lm_rounds=25, mfm_size="large", mfm_calib_images=128, mfm_recover_steps=1500,
+                    mfm_lr=1e-3, mfm_test_images=4000, mfm_rounds=25),
+}
+TARGET_RATIO = 0.3
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds of each callable, called in turn ``rounds`` times after one warm-up call each."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.no_grad():
+        for f in fns.values():
+            f()
+        for _ in range(rounds):
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _count(model) -> int:
+    from ann.prune.plan import count_params
+
+    return count_params(model)
+
+
+# --------------------------------------------------------------------------------------------------- SmolLM2
+def _smollm2(profile: Profile, seed: int, log) -> dict:
+    from ann.models.smollm2 import load_smollm2
+    from ann.prune.plan import prune
+    from ann.prune.recover import kd_loss, recover
+    from ann.train.code import EvalProtocol, block_batch_fn, make_blocks, stdlib_token_stream
+    from benchmarks.quant import _decode_seconds
+    from quant.int8 import shared_input_groups, to_int8
+
+    model, tok = load_smollm2()
+    model.eval()
+    protocol = EvalProtocol(eval_bytes=profile.lm_eval_bytes)
+
+    def metric(m) -> dict:
+        with torch.no_grad():
+            r = protocol.evaluate(m, tok, progress=False)
+        return {"bits_per_byte": r["bits_per_byte"], "perplexity": r["perplexity"]}
+
+    train = make_blocks(stdlib_token_stream("train", tok, progress=False), 256)
+    g = torch.Generator().manual_seed(seed)
+    calib = train[torch.randperm(len(train), generator=g)[: profile.lm_calib_blocks]].long()
+
+    def forward(m, batch):
+        return m(input_ids=batch["input_ids"]).logits
+
+    res: dict = {"unpruned": {"params": _count(model), **metric(model)}}
+    log(f"smollm2 unpruned: {res['unpruned']}")
+    variants: dict = {"unpruned": model}
+    for ratio in profile.ratios:
+        m = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            info = prune(m, ratio, run=lambda x: forward(x, {"input_ids": calib}), criterion="wanda",
+                         progress=lambda s: log(f"smollm2 {s}"))
+        search_s = time.perf_counter() - t0
+        pruned = metric(m)
+        log(f"smollm2 -{ratio:.0%} pruned: {pruned}")
+        t0 = time.perf_counter()
+        m, losses = recover(m, block_batch_fn(train, batch_size=4, seed=seed), kd_loss(model, forward, bf16=True),
+                            steps=profile.lm_recover_steps, lr=profile.lm_lr, seed=seed, desc=f"smollm2-{ratio}")
+        recovered = metric(m)
+        log(f"smollm2 -{ratio:.0%} recovered ({time.perf_counter() - t0:.0f} s): {recovered}")
+        res[f"pruned_{ratio}"] = {"ratio": info["ratio"], "params": info["params_after"], "search": info,
+                                  "search_seconds": search_s, "pruned": pruned, **recovered,
+                                  "recovery": {"steps": profile.lm_recover_steps, "lr": profile.lm_lr,
+                                               "tokens": profile.lm_recover_steps * 4 * 256, "precision": "bf16 autocast, float32 weights",
+                                               "seconds": time.perf_counter() - t0, "loss_first": losses[0][1],
+                                               "loss_last": losses[-1][1]}}
+        variants[f"pruned_{ratio}"] = m
+
+    # prune-then-quantize: int8 weight-only (W8A16, fused) of the unpruned and of the pruned model at the target ratio
+    key = f"pruned_{TARGET_RATIO}"
+    for name in [k for k in ("unpruned", key) if k in variants]:
+        m = variants[name]
+        qm = to_int8(m, activations="bf16", fuse=shared_input_groups(m, lambda x: x(calib[:1])))
+        variants[f"{name}_int8"] = qm
+        res[f"{name}_int8"] = {"params": res[name]["params"], **metric(qm)}
+        log(f"smollm2 {name}_int8: {res[f'{name}_int8']}")
+    prompt = train[-1:].long()  # (1, 256)
+    for k, s in interleaved_seconds({k: (lambda v=v: v(prompt)) for k, v in variants.items()}, profile.lm_rounds).items():
+        res[k]["prefill_seconds"] = s
+    for k, steps in _decode_seconds(variants, prompt[:, :32], profile.lm_rounds * 4).items():
+        res[k]["decode_step_seconds"] = statistics.median(steps)
+    return res
+
+
+# --------------------------------------------------------------------------------------------------- MFM
+def _mfm(profile: Profile, seed: int, log, cache_dir: Path) -> dict:
+    from ann.models.mfm import MFMForConditionalGeneration
+    from ann.prune.plan import prune
+    from ann.prune.recover import kd_loss, recover
+    from ann.train.vqa import encode_vqa, evaluate_mfm, predict_answers, target_logits, vqa_batch_fn
+    from benchmarks.models import _mfm_argv, run_entry
+    from benchmarks.quant import _images, no_image_answers
+    from tasks.synthmed import SynthMedConfig, load_synthmed
+    from transformers import AutoTokenizer
+
+    folder, metrics, _ = run_entry(f"mfm-{profile.mfm_size}", "ann.train.synthmed", _mfm_argv(profile.mfm_size)("full", {}),
+                                   cache_dir, log)
+    model = MFMForConditionalGeneration.from_pretrained(folder / "model").eval()
+    tok = AutoTokenizer.from_pretrained(folder / "model")
+    data_cfg = SynthMedConfig(**metrics["data"])
+    V = model.num_visual_tokens
+    test_split = load_synthmed("test", SynthMedConfig(**{**metrics["data"], "n_test": profile.mfm_test_images}))
+    test = encode_vqa(test_split, tok, V)
+    train = encode_vqa(load_synthmed("train", data_cfg), tok, V)
+    def accuracy(m) -> float:
+        with no_image_answers(m):
+            return evaluate_mfm(m, tok, test, test_split)["accuracy"]
+
+    calib = vqa_batch_fn(train, images_per_batch=profile.mfm_calib_images, seed=seed + 1)(0, 0, 1)
+    res: dict = {"unpruned": {"params": _count(model), "accuracy": accuracy(model)}, "test_questions": len(test.answers),
+                 "size": profile.mfm_size}
+    log(f"mfm unpruned: {res['unpruned']}")
+    variants = {"unpruned": model}
+    for ratio in profile.ratios:
+        m = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            info = prune(m, ratio, run=lambda x: target_logits(x, calib), criterion="wanda",
+                         progress=lambda s: log(f"mfm {s}"))
+        search_s = time.perf_counter() - t0
+        pruned = accuracy(m)
+        t0 = time.perf_counter()
+        m, losses = recover(m, vqa_batch_fn(train, images_per_batch=32, seed=seed), kd_loss(model, target_logits),
+                            steps=profile.mfm_recover_steps, lr=profile.mfm_lr, seed=seed, desc=f"mfm-{ratio}")
+        res[f"pruned_{ratio}"] = {"ratio": info["ratio"], "params": info["params_after"], "search": info,
+                                  "search_seconds": search_s, "pruned_accuracy": pruned, "accuracy": accuracy(m),
+                                  "recovery": {"steps": profile.mfm_recover_steps, "lr": profile.mfm_lr,
+                                               "seconds": time.perf_counter() - t0, "loss_first": losses[0][1],
+                                               "loss_last": losses[-1][1]}}
+        log(f"mfm -{ratio:.0%}: pruned {pruned:.4f}, recovered {res[f'pruned_{ratio}']['accuracy']:.4f}")
+        variants[f"pruned_{ratio}"] = m
+    batch = _images(test, 0, 32)
+    lat = interleaved_seconds({k: (lambda v=v: predict_answers(v, tok, batch, images_per_batch=32))
+                               for k, v in variants.items()}, profile.mfm_rounds)
+    for k, s in lat.items():
+        res[k]["batch_seconds"] = s
+    return res
+
+
+# --------------------------------------------------------------------------------------------------- report
+def _two_se(p: float, n: int) -> float:
+    return 2 * (p * (1 - p) / n) ** 0.5
+
+
+def _targets(mfm: dict, lm: dict) -> list[Target]:
+    key = f"pruned_{TARGET_RATIO}"
+    out = []
+    if key in mfm:
+        u, p = mfm["unpruned"], mfm[key]
+        out.append(Target("mfm_latency_speedup_at_30pct", u["batch_seconds"] / p["batch_seconds"], ">= 1.3",
+                          u["batch_seconds"] / p["batch_seconds"] >= 1.3))
+        drop = 100 * (u["accuracy"] - p["accuracy"])
+        out.append(Target("mfm_accuracy_points_lost_after_recovery", drop, "<= 2", drop <= 2))
+    if key in lm:
+        u, p = lm["unpruned"], lm[key]
+        out.append(Target("smollm2_prefill_speedup_at_30pct", u["prefill_seconds"] / p["prefill_seconds"], ">= 1.3",
+                          u["prefill_seconds"] / p["prefill_seconds"] >= 1.3))
+        inc = 100 * (p["perplexity"] / u["perplexity"] - 1)
+        out.append(Target("smollm2_perplexity_increase_pct_after_recovery", inc, "<= 10", inc <= 10))
+    return out
+
+
+def _plot(mfm: dict, lm: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    for ax, (res, key, lat, title) in zip(axes, (
+            (mfm, "accuracy", "batch_seconds", "MFM: SynthMed-VQA accuracy"),
+            (lm, "perplexity", "prefill_seconds", "SmolLM2: held-out perplexity (lower is better)"))):
+        rows = sorted((r["ratio"], r) for k, r in res.items() if k.startswith("pruned_") and not k.endswith("int8"))
+        xs = [0.0] + [x for x, _ in rows]
+        before = [res["unpruned"][key]] + [r["pruned_accuracy"] if key == "accuracy" else r["pruned"][key] for _, r in rows]
+        after = [res["unpruned"][key]] + [r[key] for _, r in rows]
+        ax.plot(xs, before, "o--", color="tab:red", label="pruned, no recovery")
+        ax.plot(xs, after, "s-", color="tab:blue", label="after distillation")
+        if key == "perplexity":
+            ax.set_yscale("log")
+        ax.set_xlabel("fraction of parameters removed")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        tw = ax.twinx()
+        sp = [res["unpruned"][lat] / r[lat] for r in [res["unpruned"]] + [r for _, r in rows]]
+        tw.plot(xs, sp, "^:", color="tab:green", label="latency speedup")
+        tw.set_ylabel("latency speedup (x unpruned)", color="tab:green", fontsize=8)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = tw.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.prune", description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/models"), help="trained MFMs (benchmarks.models' cache)")
+    p.add_argument("--only", choices=("mfm", "smollm2"),
+                   help="run one model only; the other model's results of an earlier run of this profile in --out are kept")
+    args = p.parse_args(argv)
+    profile = PROFILES[args.profile]
+    torch.manual_seed(args.seed)
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[prune {time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
+
+    previous = {}
+    if args.only and (args.out / "prune.json").is_file():  # keep the other model's results of an earlier run
+        previous = json.loads((args.out / "prune.json").read_text())
+        if previous.get("profile") != args.profile:
+            previous = {}
+    mfm = _mfm(profile, args.seed, log, args.cache_dir) if args.only in (None, "mfm") else previous.get("mfm", {})
+    lm = _smollm2(profile, args.seed, log) if args.only in (None, "smollm2") else previous.get("smollm2", {})
+    targets = _targets(mfm, lm)
+    rows = []
+    for model_name, res, key, lat in (("MFM", mfm, "accuracy", "batch_seconds"), ("SmolLM2", lm, "perplexity", "prefill_seconds")):
+        for name, r in res.items():
+            if isinstance(r, dict) and key in r:
+                before = r.get("pruned_accuracy", (r.get("pruned") or {}).get(key))
+                speed = res["unpruned"][lat] / r[lat] if lat in r else None
+                rows.append([model_name, name, r["params"], r.get("ratio", 0.0), before, r[key], r.get("bits_per_byte"),
+                             r.get(lat), speed, r.get("decode_step_seconds")])
+    table = format_table(["model", "variant", "params", "removed", "metric pruned", "metric", "bits/byte", "latency s",
+                          "speedup", "decode step s"], rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot = _plot(mfm, lm, args.out / "prune.png") if mfm and lm else None
+    payload = {"benchmark": "prune", "profile": args.profile, "seed": args.seed, "profile_settings": asdict(profile),
+               "machine": machine_info(), "torch_threads": torch.get_num_threads(), "versions": versions("torch", "transformers"), "mfm": mfm, "smollm2": lm,
+               "targets": [asdict(t) for t in targets], "plot": str(plot) if plot else None,
+               "mfm_two_standard_errors": _two_se(mfm["unpruned"]["accuracy"], mfm["test_questions"]) if mfm else None,
+               "wall_seconds": time.perf_counter() - t_start,
+               "notes": {"latency": "MFM: answering 32 test images (96 questions, greedy); SmolLM2: prefill of one 256-token "
+                                    "prompt; interleaved medians", "params": "all distinct parameters, embeddings included",
+                         "recovery": "distillation from the unpruned model on training data only"}}
+    md = "\n\n".join(["# benchmarks.prune", table, format_targets(targets, markdown=True)])
+    write_results(args.out, "prune", payload, markdown=md)
+    print(table)
+    print(format_targets(targets))
+    return json.loads(json.dumps(payload, default=str))
+
+
+if __name__ == "__main__":
+    main()

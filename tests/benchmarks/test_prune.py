@@ -1,0 +1,48 @@
+"""Pieces of benchmarks.prune that run without SmolLM2 or a trained MFM (the benchmark itself takes about an hour)."""
+
+import torch
+
+import benchmarks.prune as bp
+
+
+def _results(mfm_acc=0.846, mfm_lat=0.10, ppl=6.0, pre=0.5):
+    mfm = {"unpruned": {"params": 100, "accuracy": 0.854, "batch_seconds": 0.133}, "test_questions": 12000,
+           "pruned_0.3": {"ratio": 0.3, "params": 70, "pruned_accuracy": 0.80, "accuracy": mfm_acc, "batch_seconds": mfm_lat}}
+    lm = {"unpruned": {"params": 100, "perplexity": 5.85, "bits_per_byte": 0.77, "prefill_seconds": 0.7},
+          "pruned_0.3": {"ratio": 0.3, "params": 70, "pruned": {"perplexity": 20.0}, "perplexity": ppl,
+                         "bits_per_byte": 0.8, "prefill_seconds": pre},
+          "pruned_0.3_int8": {"params": 70, "perplexity": 6.1, "bits_per_byte": 0.81, "prefill_seconds": 0.45}}
+    return mfm, lm
+
+
+def test_targets_score_speed_and_quality_at_30_percent(tmp_path):
+    mfm, lm = _results()
+    t = {x.name: x for x in bp._targets(mfm, lm)}
+    assert t["mfm_latency_speedup_at_30pct"].met and abs(t["mfm_latency_speedup_at_30pct"].measured - 1.33) < 1e-9
+    assert t["mfm_accuracy_points_lost_after_recovery"].met  # 0.8 points
+    assert t["smollm2_prefill_speedup_at_30pct"].met and t["smollm2_perplexity_increase_pct_after_recovery"].met
+    mfm, lm = _results(mfm_acc=0.83, mfm_lat=0.11, ppl=6.5, pre=0.6)
+    t = {x.name: x for x in bp._targets(mfm, lm)}
+    assert not any(x.met for x in t.values())  # 2.4 points, 1.21x, +11.1 %, 1.17x
+    assert bp._plot(mfm, lm, tmp_path / "p.png").is_file()
+    assert bp._targets({}, {}) == []  # a model left out (--only) scores nothing
+
+
+def test_interleaved_seconds_times_every_callable():
+    calls = []
+    out = bp.interleaved_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
+    assert set(out) == {"a", "b"} and all(v >= 0 for v in out.values())
+    assert calls == ["a", "b"] * 4  # one warm-up each, then in turn
+
+
+def test_no_image_answers_masks_the_image_token_only_while_active():
+    from ann.models.mfm import MFMSpec, build_mfm
+    from benchmarks.quant import no_image_answers
+
+    spec = MFMSpec(image_size=16, patch_size=4, vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=16,
+                   text_layers=1, text_heads=2, text_kv_heads=1, mlp_ratio=2)
+    m = build_mfm(spec, vocab_size=20, image_token_id=3, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    x = torch.randn(2, 16)
+    with no_image_answers(m):
+        assert torch.isneginf(m.lm_head(x)[:, 3]).all() and torch.isfinite(m.lm_head(x)[:, 4]).all()
+    assert torch.isfinite(m.lm_head(x)).all()
