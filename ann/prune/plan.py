@@ -144,18 +144,21 @@ def _apply(model: nn.Module, move: Move) -> None:
         prune_mlp_channels(t, move.keep)
 
 
-def _max_removable(model: nn.Module, ts: Sequence[Tower], structures: Sequence[str]) -> int:
-    """Parameters removable with one block, one attention group and one MLP channel left per tower."""
+def _max_removable(model: nn.Module, ts: Sequence[Tower], structures: Sequence[str], fixed: dict[int, int]) -> int:
+    """Parameters removable with one block, one attention group and one MLP channel left per tower, after
+    ``fixed[i]`` blocks of tower ``i`` are gone (counted too)."""
     total = 0
-    for t in ts:
-        layers = len(t.layers) - 1 if "blocks" in structures else 0
-        total += layers * count_params(t.layers[0])
+    for i, t in enumerate(ts):
+        block = count_params(t.layers[0])
+        n = len(t.layers) - fixed.get(i, 0)
+        left = 1 if "blocks" in structures else n
+        total += (len(t.layers) - left) * block
         per_layer = 0
         if "mlp" in structures:
             per_layer += _unit_params(model, t, "mlp") // len(t.layers) * (t.intermediate - 1)
         if "heads" in structures and t.kind != "bert":
             per_layer += _unit_params(model, t, "heads") // len(t.layers) * (t.kv_heads - 1)
-        total += per_layer * (len(t.layers) - layers)
+        total += per_layer * left
     return total
 
 
@@ -166,8 +169,10 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
     """Prune ``model`` in place to about ``ratio`` fewer parameters (module docstring).
 
     ``run(model)``: the calibration forward, returning logits ``(..., V)`` (Wanda's activations and the distance
-    both come from it; ``distance="mse"`` for features instead, see :func:`output_distance`); ``loss(model)``: a scalar calibration loss, needed by ``taylor``; ``structures``: the kinds
-    the search may cut; ``progress``: called with one line per move. Returns what was removed, move by move."""
+    both come from it; ``distance="mse"`` for features instead, see :func:`output_distance`); ``loss(model)``: a
+    scalar calibration loss, needed by ``taylor``; ``structures``: the kinds the search may cut; ``step``: the MLP
+    move size; ``overshoot``: how far past the target a block or head move may go; ``progress``: called with one
+    line per move. Returns what was removed, move by move, and the final sizes of every tower."""
     ts = towers(model)
     if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0.0 <= ratio < 1.0):
         raise ValueError(f"ratio={ratio!r}: the fraction of parameters to remove must be in [0, 1)")
@@ -190,8 +195,7 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
         structures = [s for s in structures if s != "blocks"]
     structures = [s for s in structures if not (s == "heads" and all(t.kind == "bert" for t in ts))]
     p0 = count_params(model)
-    fixed = blocks * count_params(ts[main].layers[0]) if blocks else 0
-    most = fixed + _max_removable(model, ts, structures) if structures else fixed
+    most = _max_removable(model, ts, structures, {main: blocks or 0})
     if ratio * p0 > most + 1e-9:
         raise ValueError(f"ratio={ratio}: cutting {', '.join(structures) or 'nothing'} can remove at most "
                          f"{most / p0:.3f} of the parameters (one block, head group and channel must stay per tower); "
@@ -235,6 +239,8 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
                 else:
                     amount = 1
                 cands.append(Move(i, s, amount))
+        if not cands:  # the capacity check above rules this out
+            raise RuntimeError(f"prune: nothing left to cut at {1 - count_params(model) / p0:.3f} removed")
         tried = []
         for mv in cands:
             trial = copy.deepcopy(model)
