@@ -57,11 +57,11 @@ class Profile:
 
 PROFILES = {
     "quick": Profile(ratios=(0.3,), lm_eval_bytes=16_000, lm_calib_blocks=4, lm_recover_steps=250, lm_lr=2e-4,
-                     lm_rounds=15, mfm_size="large", mfm_calib_images=64, mfm_recover_steps=600, mfm_lr=1e-3,
+                     lm_rounds=15, mfm_size="large", mfm_calib_images=64, mfm_recover_steps=300, mfm_lr=3e-4,
                      mfm_test_images=4000, mfm_rounds=15),
     "full": Profile(ratios=(0.1, 0.2, 0.3, 0.4), lm_eval_bytes=100_000, lm_calib_blocks=8, lm_recover_steps=600,
-                    lm_lr=2e-4, lm_rounds=25, mfm_size="large", mfm_calib_images=128, mfm_recover_steps=1500,
-                    mfm_lr=1e-3, mfm_test_images=4000, mfm_rounds=25),
+                    lm_lr=2e-4, lm_rounds=25, mfm_size="large", mfm_calib_images=128, mfm_recover_steps=1000,
+                    mfm_lr=3e-4, mfm_test_images=4000, mfm_rounds=25),
 }
 TARGET_RATIO = 0.3
 
