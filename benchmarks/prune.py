@@ -248,6 +248,9 @@ def _plot(mfm: dict, lm: dict, path: Path) -> Path:
         ax.plot(xs, after, "s-", color="tab:blue", label="after distillation")
         if key == "perplexity":
             ax.set_yscale("log")
+        else:  # what the test split can resolve: differences inside the band are noise
+            u, se2 = res["unpruned"][key], _two_se(res["unpruned"][key], res["test_questions"])
+            ax.axhspan(u - se2, u + se2, color="0.85", label="unpruned +- 2 SE")
         ax.set_xlabel("fraction of parameters removed")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
@@ -290,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
             if isinstance(r, dict) and key in r:
                 before = r.get("pruned_accuracy", (r.get("pruned") or {}).get(key))
                 speed = res["unpruned"][lat] / r[lat] if lat in r else None
-                rows.append([model_name, name, r["params"], r.get("ratio", 0.0), before, r[key], r.get("bits_per_byte"),
+                rows.append([model_name, name, r["params"], 1 - r["params"] / res["unpruned"]["params"], before, r[key], r.get("bits_per_byte"),
                              r.get(lat), speed, r.get("decode_step_seconds")])
     table = format_table(["model", "variant", "params", "removed", "metric pruned", "metric", "bits/byte", "latency s",
                           "speedup", "decode step s"], rows)
