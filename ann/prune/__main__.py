@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.io import atomic_write_json
 
         torch.manual_seed(args.seed)
+        if not 0.0 <= args.ratio < 1.0:  # before loading anything (ann.prune.plan.prune checks it again)
+            raise ValueError(f"--ratio {args.ratio}: the fraction of parameters to remove must be in [0, 1)")
         for name, v, lo in (("--recover-steps", args.recover_steps, 0), ("--lora-rank", args.lora_rank, 0),
                             ("--calib-samples", args.calib_samples, 1)):
             if v < lo:
