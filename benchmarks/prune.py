@@ -7,8 +7,8 @@ In one run, for each model and each parameter ratio of the profile:
    and structure kinds (blocks, attention groups, MLP channels), Wanda importance, distance = KL of the outputs
    to the unpruned model on calibration data (SmolLM2: blocks of the stdlib corpus' train split; the MFM: the
    answer-slot logits of training images);
-2. recovery: distillation from the unpruned model (``ann.prune.recover``, all weights, AdamW), on the same
-   training data, never on the test data;
+2. recovery: distillation from the unpruned model (``ann.prune.recover``, all weights, AdamW; SmolLM2's forwards
+   under bf16 autocast), on the same training data, never on the test data;
 3. the metric before and after recovery (SmolLM2: bits per byte and perplexity of ``ann.train.code.EvalProtocol``'s
    held-out files; the MFM: exact-match accuracy on a 4000-image SynthMed test split, 12000 questions) and latency,
    measured on the same machine in the same run, models timed in turn (interleaved, median of the rounds) since
@@ -126,13 +126,14 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
         t0 = time.perf_counter()
         m, losses = recover(m, block_batch_fn(train, batch_size=4, seed=seed), kd_loss(model, forward, bf16=True),
                             steps=profile.lm_recover_steps, lr=profile.lm_lr, seed=seed, desc=f"smollm2-{ratio}")
+        recover_s = time.perf_counter() - t0
         recovered = metric(m)
-        log(f"smollm2 -{ratio:.0%} recovered ({time.perf_counter() - t0:.0f} s): {recovered}")
+        log(f"smollm2 -{ratio:.0%} recovered ({recover_s:.0f} s): {recovered}")
         res[f"pruned_{ratio}"] = {"ratio": info["ratio"], "params": info["params_after"], "search": info,
                                   "search_seconds": search_s, "pruned": pruned, **recovered,
                                   "recovery": {"steps": profile.lm_recover_steps, "lr": profile.lm_lr,
                                                "tokens": profile.lm_recover_steps * 4 * 256, "precision": "bf16 autocast, float32 weights",
-                                               "seconds": time.perf_counter() - t0, "loss_first": losses[0][1],
+                                               "seconds": recover_s, "loss_first": losses[0][1],
                                                "loss_last": losses[-1][1]}}
         variants[f"pruned_{ratio}"] = m
 
@@ -192,10 +193,11 @@ def _mfm(profile: Profile, seed: int, log, cache_dir: Path) -> dict:
         t0 = time.perf_counter()
         m, losses = recover(m, vqa_batch_fn(train, images_per_batch=32, seed=seed), kd_loss(model, target_logits),
                             steps=profile.mfm_recover_steps, lr=profile.mfm_lr, seed=seed, desc=f"mfm-{ratio}")
+        recover_s = time.perf_counter() - t0
         res[f"pruned_{ratio}"] = {"ratio": info["ratio"], "params": info["params_after"], "search": info,
                                   "search_seconds": search_s, "pruned_accuracy": pruned, "accuracy": accuracy(m),
                                   "recovery": {"steps": profile.mfm_recover_steps, "lr": profile.mfm_lr,
-                                               "seconds": time.perf_counter() - t0, "loss_first": losses[0][1],
+                                               "seconds": recover_s, "loss_first": losses[0][1],
                                                "loss_last": losses[-1][1]}}
         log(f"mfm -{ratio:.0%}: pruned {pruned:.4f}, recovered {res[f'pruned_{ratio}']['accuracy']:.4f}")
         variants[f"pruned_{ratio}"] = m
