@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Target, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
+from tasks.io import read_json
 
 
 @dataclass(frozen=True)
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     previous = {}
     if args.only and (args.out / "prune.json").is_file():  # keep the other model's results of an earlier run
-        previous = json.loads((args.out / "prune.json").read_text())
+        previous = read_json(args.out / "prune.json", what="earlier benchmarks.prune results")
         if previous.get("profile") != args.profile:
             previous = {}
     mfm = _mfm(profile, args.seed, log, args.cache_dir) if args.only in (None, "mfm") else previous.get("mfm", {})
