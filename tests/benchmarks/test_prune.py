@@ -46,3 +46,18 @@ def test_no_image_answers_masks_the_image_token_only_while_active():
     with no_image_answers(m):
         assert torch.isneginf(m.lm_head(x)[:, 3]).all() and torch.isfinite(m.lm_head(x)[:, 4]).all()
     assert torch.isfinite(m.lm_head(x)).all()
+
+
+def test_only_one_model_keeps_the_other_models_results_of_the_same_profile(tmp_path, monkeypatch):
+    import json
+
+    mfm, lm = _results()
+    monkeypatch.setattr(bp, "_smollm2", lambda *a: lm)
+    monkeypatch.setattr(bp, "_mfm", lambda *a: mfm)
+    bp.main(["--only", "smollm2", "--out", str(tmp_path)])
+    first = json.loads((tmp_path / "prune.json").read_text())
+    assert first["mfm"] == {} and first["smollm2"]["pruned_0.3"]["perplexity"] == 6.0
+    monkeypatch.setattr(bp, "_smollm2", lambda *a: (_ for _ in ()).throw(AssertionError("must not rerun")))
+    out = bp.main(["--only", "mfm", "--out", str(tmp_path)])
+    assert out["smollm2"]["pruned_0.3"]["perplexity"] == 6.0 and out["mfm"]["pruned_0.3"]["accuracy"] == 0.846
+    assert len(out["targets"]) == 4 and (tmp_path / "prune.png").is_file()
