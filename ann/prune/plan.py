@@ -92,15 +92,12 @@ def _units(t: Tower, structure: str) -> int:
     return {"blocks": len(t.layers), "heads": t.kv_heads, "mlp": t.intermediate}[structure]
 
 
-def _unit_params(model: nn.Module, t: Tower, structure: str) -> int:
-    """Parameters one unit of ``structure`` holds (per layer for heads / mlp, whole for a block)."""
+def _unit_params(t: Tower, structure: str) -> int:
+    """Parameters one MLP channel or one attention group holds in one layer of ``t`` (weights and biases)."""
     layer = t.layers[0]
-    if structure == "blocks":
-        return count_params(layer)
     slices = mlp_channel_slices(t, layer, torch.tensor([0])) if structure == "mlp" else head_group_slices(t, layer, 0)
-    n = sum(idx.numel() * (l.weight.shape[1 - axis]) + (idx.numel() if axis == 0 and l.bias is not None else 0)
-            for l, axis, idx in slices)
-    return n * len(t.layers)
+    return sum(idx.numel() * (l.weight.shape[1 - axis]) + (idx.numel() if axis == 0 and l.bias is not None else 0)
+               for l, axis, idx in slices)
 
 
 def _scores(model: nn.Module, t: Tower, structure: str, *, run, criterion: str, loss) -> list[torch.Tensor]:
@@ -144,7 +141,7 @@ def _apply(model: nn.Module, move: Move) -> None:
         prune_mlp_channels(t, move.keep)
 
 
-def _max_removable(model: nn.Module, ts: Sequence[Tower], structures: Sequence[str], fixed: dict[int, int]) -> int:
+def _max_removable(ts: Sequence[Tower], structures: Sequence[str], fixed: dict[int, int]) -> int:
     """Parameters removable with one block, one attention group and one MLP channel left per tower, after
     ``fixed[i]`` blocks of tower ``i`` are gone (counted too)."""
     total = 0
@@ -155,9 +152,9 @@ def _max_removable(model: nn.Module, ts: Sequence[Tower], structures: Sequence[s
         total += (len(t.layers) - left) * block
         per_layer = 0
         if "mlp" in structures:
-            per_layer += _unit_params(model, t, "mlp") // len(t.layers) * (t.intermediate - 1)
+            per_layer += _unit_params(t, "mlp") * (t.intermediate - 1)
         if "heads" in structures and t.kind != "bert":
-            per_layer += _unit_params(model, t, "heads") // len(t.layers) * (t.kv_heads - 1)
+            per_layer += _unit_params(t, "heads") * (t.kv_heads - 1)
         total += per_layer * left
     return total
 
@@ -195,7 +192,7 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
         structures = [s for s in structures if s != "blocks"]
     structures = [s for s in structures if not (s == "heads" and all(t.kind == "bert" for t in ts))]
     p0 = count_params(model)
-    most = _max_removable(model, ts, structures, {main: blocks or 0})
+    most = _max_removable(ts, structures, {main: blocks or 0})
     if ratio * p0 > most + 1e-9:
         raise ValueError(f"ratio={ratio}: cutting {', '.join(structures) or 'nothing'} can remove at most "
                          f"{most / p0:.3f} of the parameters (one block, head group and channel must stay per tower); "
@@ -234,7 +231,7 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
                 if units <= 1:
                     continue
                 if s == "mlp":
-                    per = _unit_params(model, t, s)
+                    per = _unit_params(t, s) * len(t.layers)
                     amount = min(units - 1, math.ceil(step * mlp0[i]), math.ceil(need / per))
                 else:
                     amount = 1
