@@ -1,7 +1,7 @@
 """Structural pruning with recovery, on the MFM (SynthMed-VQA accuracy) and on SmolLM2-135M (held-out perplexity),
 with measured CPU latency, and pruning followed by quantization.
 
-In one run, for each model and each parameter ratio of the profile:
+In one run, for each model and each parameter ratio of the profile (SmolLM2: twice, see "vocabulary" below):
 
 1. ``ann.prune.plan.prune``: the greedy search over towers (the MFM's vision and text towers; SmolLM2's decoder)
    and structure kinds (blocks, attention groups, MLP channels), Wanda importance, distance = KL of the outputs
@@ -18,6 +18,15 @@ In one run, for each model and each parameter ratio of the profile:
 4. prune-then-quantize (:mod:`quant`): the recovered SmolLM2 in int8 weight-only execution (``quant.int8``,
    W8A16, fused), its bits per byte and decoding speed next to the fp32 and the unpruned int8 model.
 
+Vocabulary (SmolLM2 only): 21 % of SmolLM2's parameters are its tied 49152-token embedding, which blocks, heads and
+MLP channels do not touch. Each ratio is therefore run twice: ``full`` (blocks/heads/MLP only) and ``domain``: the
+vocabulary first trimmed to the tokens of the stdlib training split, closed under BPE merges (``ann.prune.vocab``;
+held-out text with other tokens is split into kept pieces, never lost), then the search removes the rest of the
+ratio (of the original count); the teacher is the unpruned model with the same trimmed vocabulary (its logits on
+kept tokens are the original ones). Perplexity is per token of the *original* tokenization for every variant
+(``exp(total NLL / original token count)``), so that the variants compare on the same text; bits per byte as well.
+``vocab_trimmed`` (trimming alone) is reported too.
+
 Targets (issue [P]): at 30 % fewer parameters, latency at least 1.3x lower and, after recovery, MFM accuracy within
 2 points / SmolLM2 perplexity within 10 % of the unpruned model. Writes ``prune.json``, ``prune.md`` and
 ``prune.png`` (fraction removed vs metric, and latency speedup).
@@ -28,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -46,6 +56,7 @@ class Profile:
     lm_eval_bytes: int
     lm_calib_blocks: int  # 256-token blocks in the search's calibration batch
     lm_recover_steps: int  # distillation steps, 4 blocks of 256 tokens each
+    lm_vocabs: tuple[str, ...]  # "full": prune blocks/heads/MLP only; "domain": trim the vocabulary first
     lm_lr: float
     lm_rounds: int  # interleaved latency rounds
     mfm_size: str
@@ -57,14 +68,16 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile(ratios=(0.3,), lm_eval_bytes=16_000, lm_calib_blocks=4, lm_recover_steps=250, lm_lr=2e-4,
+    "quick": Profile(ratios=(0.3,), lm_eval_bytes=16_000, lm_calib_blocks=4, lm_recover_steps=250, lm_vocabs=("full", "domain"), lm_lr=2e-4,
                      lm_rounds=15, mfm_size="large", mfm_calib_images=64, mfm_recover_steps=300, mfm_lr=3e-4,
                      mfm_test_images=4000, mfm_rounds=15),
-    "full": Profile(ratios=(0.1, 0.2, 0.3, 0.4), lm_eval_bytes=100_000, lm_calib_blocks=8, lm_recover_steps=600,
+    "full": Profile(ratios=(0.1, 0.2, 0.3, 0.4), lm_eval_bytes=100_000, lm_calib_blocks=8, lm_recover_steps=600, lm_vocabs=("full", "domain"),
                     lm_lr=2e-4, lm_rounds=25, mfm_size="large", mfm_calib_images=128, mfm_recover_steps=1000,
                     mfm_lr=3e-4, mfm_test_images=4000, mfm_rounds=25),
 }
 TARGET_RATIO = 0.3
+VOCAB_MIN_COUNTS = (1, 2, 3, 5, 10)  # candidate occurrence thresholds of the domain vocabulary
+VOCAB_TOLERANCE = 0.005  # relative increase of validation bits per byte the trimming may cost
 
 
 def interleaved_seconds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -88,10 +101,15 @@ def _count(model) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- SmolLM2
+def _key(ratio: float, vocab: str) -> str:
+    return f"pruned_{ratio}" if vocab == "full" else f"vocab_pruned_{ratio}"
+
+
 def _smollm2(profile: Profile, seed: int, log) -> dict:
     from ann.models.smollm2 import load_smollm2
     from ann.prune.plan import prune
     from ann.prune.recover import kd_loss, recover
+    from ann.prune.vocab import remap_ids, trim_vocabulary
     from ann.train.code import EvalProtocol, block_batch_fn, make_blocks, stdlib_token_stream
     from benchmarks.quant import _decode_seconds
     from quant.int8 import shared_input_groups, to_int8
@@ -99,57 +117,98 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
     model, tok = load_smollm2()
     model.eval()
     protocol = EvalProtocol(eval_bytes=profile.lm_eval_bytes)
+    stream = stdlib_token_stream("train", tok, progress=False)
+    n_ref: list[int] = []  # scored tokens of the held-out files in the original tokenization
 
-    def metric(m) -> dict:
+    def metric(m, tokenizer) -> dict:
+        """Bits per byte, and perplexity per token of the *original* tokenization (a trimmed tokenizer splits
+        out-of-vocabulary words into more tokens; the total NLL is what compares)."""
         with torch.no_grad():
-            r = protocol.evaluate(m, tok, progress=False)
-        return {"bits_per_byte": r["bits_per_byte"], "perplexity": r["perplexity"]}
+            r = protocol.evaluate(m, tokenizer, progress=False)
+        n_ref.append(n_ref[0] if n_ref else r["n_tokens"])
+        return {"bits_per_byte": r["bits_per_byte"], "perplexity": math.exp(r["total_nats"] / n_ref[0]),
+                "n_tokens": r["n_tokens"]}
 
-    train = make_blocks(stdlib_token_stream("train", tok, progress=False), 256)
+    # the domain vocabulary (ann.prune.vocab): tokens seen >= min_count times in the training split, closed under
+    # BPE merges; min_count = the largest of VOCAB_MIN_COUNTS whose validation bits per byte (the val split, never
+    # the test files) stay within VOCAB_TOLERANCE of the untrimmed model's
+    t0 = time.perf_counter()
+    val = EvalProtocol(eval_bytes=profile.lm_eval_bytes, split="val")
+    with torch.no_grad():
+        val_ref = val.evaluate(model, tok, progress=False)["bits_per_byte"]
+        choice = {}
+        for mc in VOCAB_MIN_COUNTS:
+            cand = copy.deepcopy(model)
+            cand_tok, keep = trim_vocabulary(cand, tok, stream, min_count=mc)
+            choice[mc] = (val.evaluate(cand, cand_tok, progress=False)["bits_per_byte"], cand, cand_tok, keep)
+            log(f"smollm2 vocabulary min_count={mc}: {len(keep)} tokens, val bits/byte {choice[mc][0]:.4f} "
+                f"(untrimmed {val_ref:.4f})")
+    min_count = max([mc for mc, c in choice.items() if c[0] <= val_ref * (1 + VOCAB_TOLERANCE)], default=1)
+    _, trimmed, trimmed_tok, keep = choice[min_count]
+    val_bpb = {mc: c[0] for mc, c in choice.items()}
+    del choice
+    trim_s = time.perf_counter() - t0
+    vocab = {"full": (model, tok, stream), "domain": (trimmed, trimmed_tok, remap_ids(stream, keep, len(tok)))}
     g = torch.Generator().manual_seed(seed)
-    calib = train[torch.randperm(len(train), generator=g)[: profile.lm_calib_blocks]].long()
+    order = torch.randperm(len(make_blocks(stream, 256)), generator=g)[: profile.lm_calib_blocks]
 
     def forward(m, batch):
         return m(input_ids=batch["input_ids"]).logits
 
-    res: dict = {"unpruned": {"params": _count(model), **metric(model)}}
+    res: dict = {"unpruned": {"params": _count(model), **metric(model, tok)}}
     log(f"smollm2 unpruned: {res['unpruned']}")
-    variants: dict = {"unpruned": model}
+    res["vocab_trimmed"] = {"params": _count(trimmed), "ratio": 1 - _count(trimmed) / res["unpruned"]["params"],
+                            "vocab": len(keep), "min_count": min_count, "val_bits_per_byte": val_bpb,
+                            "val_bits_per_byte_untrimmed": val_ref, "seconds": trim_s, **metric(trimmed, trimmed_tok)}
+    log(f"smollm2 vocabulary {len(tok)} -> {len(keep)}: {res['vocab_trimmed']}")
+    variants: dict = {"unpruned": model, "vocab_trimmed": trimmed}
+    tokenizers = {"unpruned": tok, "vocab_trimmed": trimmed_tok}
+    p0 = res["unpruned"]["params"]
     for ratio in profile.ratios:
-        m = copy.deepcopy(model)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            info = prune(m, ratio, run=lambda x: forward(x, {"input_ids": calib}), criterion="wanda",
-                         progress=lambda s: log(f"smollm2 {s}"))
-        search_s = time.perf_counter() - t0
-        pruned = metric(m)
-        log(f"smollm2 -{ratio:.0%} pruned: {pruned}")
-        t0 = time.perf_counter()
-        m, losses = recover(m, block_batch_fn(train, batch_size=4, seed=seed), kd_loss(model, forward, bf16=True),
-                            steps=profile.lm_recover_steps, lr=profile.lm_lr, seed=seed, desc=f"smollm2-{ratio}")
-        recover_s = time.perf_counter() - t0
-        recovered = metric(m)
-        log(f"smollm2 -{ratio:.0%} recovered ({recover_s:.0f} s): {recovered}")
-        res[f"pruned_{ratio}"] = {"ratio": info["ratio"], "params": info["params_after"], "search": info,
-                                  "search_seconds": search_s, "pruned": pruned, **recovered,
-                                  "recovery": {"steps": profile.lm_recover_steps, "lr": profile.lm_lr,
-                                               "tokens": profile.lm_recover_steps * 4 * 256, "precision": "bf16 autocast, float32 weights",
-                                               "seconds": recover_s, "loss_first": losses[0][1],
-                                               "loss_last": losses[-1][1]}}
-        variants[f"pruned_{ratio}"] = m
+        for v in profile.lm_vocabs:
+            teacher, vtok, vstream = vocab[v]
+            train = make_blocks(vstream, 256)
+            calib = train[order].long()
+            m = copy.deepcopy(teacher)
+            search_ratio = 1 - (1 - ratio) * p0 / _count(teacher)  # what is left to remove after the vocabulary
+            if search_ratio < 0:
+                log(f"smollm2 {v} vocabulary alone removes more than {ratio:.0%}; skipped")
+                continue
+            key = _key(ratio, v)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                info = prune(m, search_ratio, run=lambda x: forward(x, {"input_ids": calib}), criterion="wanda",
+                             progress=lambda s: log(f"smollm2 {key} {s}"))
+            search_s = time.perf_counter() - t0
+            pruned = metric(m, vtok)
+            log(f"smollm2 {key} pruned: {pruned}")
+            t0 = time.perf_counter()
+            m, losses = recover(m, block_batch_fn(train, batch_size=4, seed=seed), kd_loss(teacher, forward, bf16=True),
+                                steps=profile.lm_recover_steps, lr=profile.lm_lr, seed=seed, desc=f"smollm2-{key}")
+            recover_s = time.perf_counter() - t0
+            recovered = metric(m, vtok)
+            log(f"smollm2 {key} recovered ({recover_s:.0f} s): {recovered}")
+            res[key] = {"ratio": 1 - _count(m) / p0, "params": _count(m), "vocabulary": v, "search": info,
+                        "search_seconds": search_s, "pruned": pruned, **recovered,
+                        "recovery": {"steps": profile.lm_recover_steps, "lr": profile.lm_lr,
+                                     "tokens": profile.lm_recover_steps * 4 * 256,
+                                     "precision": "bf16 autocast, float32 weights", "seconds": recover_s,
+                                     "teacher": "unpruned" if v == "full" else "unpruned, vocabulary trimmed (the same logits on kept tokens)",
+                                     "loss_first": losses[0][1], "loss_last": losses[-1][1]}}
+            variants[key], tokenizers[key] = m, vtok
 
-    # prune-then-quantize: int8 weight-only (W8A16, fused) of the unpruned and of the pruned model at the target ratio
-    key = f"pruned_{TARGET_RATIO}"
-    for name in [k for k in ("unpruned", key) if k in variants]:
+    # prune-then-quantize: int8 weight-only (W8A16, fused) of the unpruned and of the pruned models at the target ratio
+    prompt = {v: make_blocks(vocab[v][2], 256)[-1:].long() for v in vocab}  # (1, 256): the same text for every model
+    prompts = {k: prompt["full" if t is tok else "domain"] for k, t in tokenizers.items()}
+    for name in [k for k in ("unpruned", *(_key(TARGET_RATIO, v) for v in profile.lm_vocabs)) if k in variants]:
         m = variants[name]
-        qm = to_int8(m, activations="bf16", fuse=shared_input_groups(m, lambda x: x(calib[:1])))
-        variants[f"{name}_int8"] = qm
-        res[f"{name}_int8"] = {"params": res[name]["params"], **metric(qm)}
+        qm = to_int8(m, activations="bf16", fuse=shared_input_groups(m, lambda x: x(prompts[name][:, :64])))
+        variants[f"{name}_int8"], prompts[f"{name}_int8"], tokenizers[f"{name}_int8"] = qm, prompts[name], tokenizers[name]
+        res[f"{name}_int8"] = {"params": res[name]["params"], **metric(qm, tokenizers[name])}
         log(f"smollm2 {name}_int8: {res[f'{name}_int8']}")
-    prompt = train[-1:].long()  # (1, 256)
-    for k, s in interleaved_seconds({k: (lambda v=v: v(prompt)) for k, v in variants.items()}, profile.lm_rounds).items():
+    for k, s in interleaved_seconds({k: (lambda v=v, x=prompts[k]: v(x)) for k, v in variants.items()}, profile.lm_rounds).items():
         res[k]["prefill_seconds"] = s
-    for k, steps in _decode_seconds(variants, prompt[:, :32], profile.lm_rounds * 4).items():
+    for k, steps in _decode_seconds(variants, {k: x[:, :32] for k, x in prompts.items()}, profile.lm_rounds * 4).items():
         res[k]["decode_step_seconds"] = statistics.median(steps)
     return res
 
@@ -224,12 +283,15 @@ def _targets(mfm: dict, lm: dict) -> list[Target]:
                           u["batch_seconds"] / p["batch_seconds"] >= 1.3))
         drop = 100 * (u["accuracy"] - p["accuracy"])
         out.append(Target("mfm_accuracy_points_lost_after_recovery", drop, "<= 2", drop <= 2))
-    if key in lm:
-        u, p = lm["unpruned"], lm[key]
-        out.append(Target("smollm2_prefill_speedup_at_30pct", u["prefill_seconds"] / p["prefill_seconds"], ">= 1.3",
-                          u["prefill_seconds"] / p["prefill_seconds"] >= 1.3))
+    for v, suffix in (("full", ""), ("domain", "_domain_vocab")):
+        k = _key(TARGET_RATIO, v)
+        if k not in lm:
+            continue
+        u, p = lm["unpruned"], lm[k]
+        sp = u["prefill_seconds"] / p["prefill_seconds"]
+        out.append(Target(f"smollm2_prefill_speedup_at_30pct{suffix}", sp, ">= 1.3", sp >= 1.3))
         inc = 100 * (p["perplexity"] / u["perplexity"] - 1)
-        out.append(Target("smollm2_perplexity_increase_pct_after_recovery", inc, "<= 10", inc <= 10))
+        out.append(Target(f"smollm2_perplexity_increase_pct_after_recovery{suffix}", inc, "<= 10", inc <= 10))
     return out
 
 
@@ -243,12 +305,19 @@ def _plot(mfm: dict, lm: dict, path: Path) -> Path:
     for ax, (res, key, lat, title) in zip(axes, (
             (mfm, "accuracy", "batch_seconds", "MFM: SynthMed-VQA accuracy"),
             (lm, "perplexity", "prefill_seconds", "SmolLM2: held-out perplexity (lower is better)"))):
-        rows = sorted((r["ratio"], r) for k, r in res.items() if k.startswith("pruned_") and not k.endswith("int8"))
-        xs = [0.0] + [x for x, _ in rows]
-        before = [res["unpruned"][key]] + [r["pruned_accuracy"] if key == "accuracy" else r["pruned"][key] for _, r in rows]
-        after = [res["unpruned"][key]] + [r[key] for _, r in rows]
-        ax.plot(xs, before, "o--", color="tab:red", label="pruned, no recovery")
-        ax.plot(xs, after, "s-", color="tab:blue", label="after distillation")
+        tw = ax.twinx()
+        series = [("pruned_", "", "o", "s")] + ([("vocab_pruned_", ", domain vocabulary", "D", "P")] if res is lm else [])
+        for prefix, label, m1, m2 in series:
+            rows = sorted((r["ratio"], r) for k, r in res.items() if k.startswith(prefix) and not k.endswith("int8"))
+            if not rows:
+                continue
+            xs = [0.0] + [x for x, _ in rows]
+            before = [res["unpruned"][key]] + [r["pruned_accuracy"] if key == "accuracy" else r["pruned"][key] for _, r in rows]
+            after = [res["unpruned"][key]] + [r[key] for _, r in rows]
+            ax.plot(xs, before, m1 + "--", color="tab:red", label="pruned, no recovery" + label, alpha=1 if not label else 0.6)
+            ax.plot(xs, after, m2 + "-", color="tab:blue", label="after distillation" + label, alpha=1 if not label else 0.6)
+            sp = [res["unpruned"][lat] / r[lat] for r in [res["unpruned"]] + [r for _, r in rows]]
+            tw.plot(xs, sp, m1 + ":", color="tab:green", label="latency speedup" + label)
         if key == "perplexity":
             ax.set_yscale("log")
         else:  # what the test split can resolve: differences inside the band are noise
@@ -257,9 +326,6 @@ def _plot(mfm: dict, lm: dict, path: Path) -> Path:
         ax.set_xlabel("fraction of parameters removed")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-        tw = ax.twinx()
-        sp = [res["unpruned"][lat] / r[lat] for r in [res["unpruned"]] + [r for _, r in rows]]
-        tw.plot(xs, sp, "^:", color="tab:green", label="latency speedup")
         tw.set_ylabel("latency speedup (x unpruned)", color="tab:green", fontsize=8)
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = tw.get_legend_handles_labels()

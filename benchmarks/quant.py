@@ -189,13 +189,14 @@ def _smollm2(profile: Profile, log) -> dict:
     return res
 
 
-def _decode_seconds(models: dict, ids: torch.Tensor, n: int) -> dict[str, list[float]]:
+def _decode_seconds(models: dict, ids: torch.Tensor | dict[str, torch.Tensor], n: int) -> dict[str, list[float]]:
     """Seconds per greedy decoding step of each model, the models stepped in turn token by token, so that every
-    one sees the same moments of the machine (its speed drifts by tens of percent over seconds on a shared box)."""
+    one sees the same moments of the machine (its speed drifts by tens of percent over seconds on a shared box).
+    ``ids``: the prompt, or one per model (models with different vocabularies)."""
     state, out = {}, {k: [] for k in models}
     with torch.no_grad():
         for k, m in models.items():
-            o = m(ids, use_cache=True)
+            o = m(ids[k] if isinstance(ids, dict) else ids, use_cache=True)
             state[k] = (o.past_key_values, o.logits[:, -1:].argmax(-1))
         for _ in range(n):
             for k, m in models.items():

@@ -1,9 +1,13 @@
 """``python -m ann.prune``: structural pruning of a local Hugging Face model, with optional recovery.
 
-    python -m ann.prune MODEL_DIR --ratio 0.3 [--blocks K] --calib TASK_OR_TEXT_FILE [--recover-steps S] --out OUT_DIR
+    python -m ann.prune MODEL_DIR --ratio 0.3 [--blocks K] --calib TASK_OR_TEXT_FILE [--recover-steps S]
+        [--trim-vocab] --out OUT_DIR
 
 Searches which blocks, attention heads and MLP channels to remove, tower by tower, until ``ratio`` of the
-parameters are gone (:mod:`ann.prune.plan`), optionally recovers by distilling from the unpruned model for ``S``
+parameters are gone (:mod:`ann.prune.plan`). With ``--trim-vocab`` (decoder-only text models with a BPE
+tokenizer) the vocabulary is first cut to the tokens the calibration text uses (:mod:`ann.prune.vocab`; the
+trimmed tokenizer is saved with the model; other text still tokenizes, into smaller pieces), and the search
+removes the rest of ``ratio`` (of the original parameter count). It optionally recovers by distilling from the unpruned model for ``S``
 steps (:mod:`ann.prune.recover`), and writes an ordinary HF model folder (``from_pretrained`` loads it) plus
 ``prune.json``. Calibration inputs by family (``ann.models.hf.load_pretrained`` dispatches):
 
@@ -118,11 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-rank", type=int, default=0, help="recover through LoRA adapters of this rank (0: all weights)")
     p.add_argument("--lr", type=float, default=1e-4, help="recovery learning rate")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per text calibration / recovery block")
+    p.add_argument("--trim-vocab", action="store_true",
+                   help="text LMs: first drop the vocabulary the calibration text never uses (counts toward --ratio)")
+    p.add_argument("--vocab-min-count", type=int, default=1,
+                   help="with --trim-vocab: keep tokens the calibration text uses at least this often (and their BPE parts)")
     p.add_argument("--out", type=Path, required=True, help="output folder (the pruned model + prune.json)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
         import copy
+        import dataclasses
 
         import torch
 
@@ -130,20 +139,38 @@ def main(argv: list[str] | None = None) -> int:
         from ann.models.hf import ModelFamily, load_pretrained
         from ann.prune.plan import prune
         from ann.prune.recover import kd_loss, recover
+        from ann.prune.plan import count_params
         from ann.prune.surgery import towers
+        from ann.prune.vocab import trim_vocabulary
         from tasks.io import atomic_write_json
 
         torch.manual_seed(args.seed)
         if not 0.0 <= args.ratio < 1.0:  # before loading anything (ann.prune.plan.prune checks it again)
             raise ValueError(f"--ratio {args.ratio}: the fraction of parameters to remove must be in [0, 1)")
         for name, v, lo in (("--recover-steps", args.recover_steps, 0), ("--lora-rank", args.lora_rank, 0),
-                            ("--calib-samples", args.calib_samples, 1)):
+                            ("--calib-samples", args.calib_samples, 1), ("--vocab-min-count", args.vocab_min_count, 1)):
             if v < lo:
                 raise ValueError(f"{name} {v}: use {lo} or more")
         t0 = time.perf_counter()
         loaded = load_pretrained(args.model_dir)
         model = loaded.model.eval()
         towers(model)  # refuses an unknown layout before any work
+        p0, trimmed = count_params(model), None
+        if args.trim_vocab:
+            tok = loaded.tokenizer_or_processor
+            if loaded.family != ModelFamily.LLAMA or tok is None:
+                raise ValueError(f"--trim-vocab: needs a decoder-only text model with its tokenizer; "
+                                 f"{args.model_dir} is a {loaded.family.value} model"
+                                 + ("" if tok is not None else " without tokenizer files"))
+            new_tok, keep = trim_vocabulary(model, tok, tok(_text(args.calib), return_tensors="pt").input_ids[0],
+                                            min_count=args.vocab_min_count)
+            loaded = dataclasses.replace(loaded, tokenizer_or_processor=new_tok, config=model.config)
+            trimmed = {"vocab_before": len(tok), "vocab_after": len(keep), "params_after": count_params(model)}
+            print(f"vocabulary {len(tok):,} -> {len(keep):,} tokens: {p0:,} -> {trimmed['params_after']:,} parameters")
+        ratio = 1 - (1 - args.ratio) * p0 / count_params(model)  # of what is left, to reach args.ratio of p0
+        if ratio < 0:
+            raise ValueError(f"--ratio {args.ratio}: trimming the vocabulary alone removes "
+                             f"{1 - count_params(model) / p0:.3f} of the parameters; ask for at least that much")
         data = {ModelFamily.LLAMA: _text_data, ModelFamily.BERT: _text_data, ModelFamily.VIT: _vit_data,
                 ModelFamily.LLAVA: _mfm_data}[loaded.family]
         calib, batch_fn, forward, distance = data(loaded, args)
@@ -157,13 +184,16 @@ def main(argv: list[str] | None = None) -> int:
             return torch.nn.functional.cross_entropy(logits, logits.detach().argmax(-1))
 
         with torch.no_grad():
-            info = prune(model, args.ratio, run=lambda m: forward(m, calib), blocks=args.blocks, criterion=args.criterion,
+            info = prune(model, ratio, run=lambda m: forward(m, calib), blocks=args.blocks, criterion=args.criterion,
                          loss=loss if args.criterion == "taylor" else None, distance=distance, progress=print)
         if args.recover_steps:
             model, losses = recover(model, batch_fn, kd_loss(teacher, forward, distance=distance), steps=args.recover_steps,
                                     lr=args.lr, lora_rank=args.lora_rank or None, seed=args.seed)
             info["recovery"] = {"steps": args.recover_steps, "lora_rank": args.lora_rank or None, "lr": args.lr,
                                 "first_loss": losses[0][1], "last_loss": losses[-1][1]}
+        if trimmed:
+            info["vocabulary"] = trimmed
+        info.update({"search_ratio": info["ratio"], "ratio_target": args.ratio, "params_before": p0, "ratio": 1 - info["params_after"] / p0})
         save_pretrained_atomic(model, args.out, tokenizer=loaded.tokenizer_or_processor)
         info.update({"model_dir": str(args.model_dir), "calib": str(args.calib), "seconds": time.perf_counter() - t0})
         atomic_write_json(args.out / "prune.json", info)
