@@ -55,7 +55,7 @@ class Profile:
     ratios: tuple[float, ...]
     lm_eval_bytes: int
     lm_calib_blocks: int  # 256-token blocks in the search's calibration batch
-    lm_recover_steps: int  # distillation steps, 4 blocks of 256 tokens each
+    lm_recover_steps: int  # recovery steps (distillation + next-token loss), 4 blocks of 256 tokens each
     lm_vocabs: tuple[str, ...]  # "full": prune blocks/heads/MLP only; "domain": trim the vocabulary first
     lm_lr: float
     lm_rounds: int  # interleaved latency rounds
@@ -68,11 +68,11 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile(ratios=(0.3,), lm_eval_bytes=16_000, lm_calib_blocks=4, lm_recover_steps=250, lm_vocabs=("full", "domain"), lm_lr=2e-4,
+    "quick": Profile(ratios=(0.3,), lm_eval_bytes=16_000, lm_calib_blocks=4, lm_recover_steps=200, lm_vocabs=("full", "domain"), lm_lr=6e-4,
                      lm_rounds=15, mfm_size="large", mfm_calib_images=64, mfm_recover_steps=300, mfm_lr=3e-4,
                      mfm_test_images=4000, mfm_rounds=15),
     "full": Profile(ratios=(0.1, 0.2, 0.3, 0.4), lm_eval_bytes=100_000, lm_calib_blocks=8, lm_recover_steps=600, lm_vocabs=("full", "domain"),
-                    lm_lr=2e-4, lm_rounds=25, mfm_size="large", mfm_calib_images=128, mfm_recover_steps=1000,
+                    lm_lr=6e-4, lm_rounds=25, mfm_size="large", mfm_calib_images=128, mfm_recover_steps=1000,
                     mfm_lr=3e-4, mfm_test_images=4000, mfm_rounds=25),
 }
 TARGET_RATIO = 0.3
@@ -108,7 +108,7 @@ def _key(ratio: float, vocab: str) -> str:
 def _smollm2(profile: Profile, seed: int, log) -> dict:
     from ann.models.smollm2 import load_smollm2
     from ann.prune.plan import prune
-    from ann.prune.recover import kd_loss, recover
+    from ann.prune.recover import kd_loss, next_token_loss, recover
     from ann.prune.vocab import remap_ids, trim_vocabulary
     from ann.train.code import EvalProtocol, block_batch_fn, make_blocks, stdlib_token_stream
     from benchmarks.quant import _decode_seconds
@@ -118,15 +118,16 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
     model.eval()
     protocol = EvalProtocol(eval_bytes=profile.lm_eval_bytes)
     stream = stdlib_token_stream("train", tok, progress=False)
-    n_ref: list[int] = []  # scored tokens of the held-out files in the original tokenization
+    n_ref: dict[str, int] = {}  # scored tokens of the held-out files in the original tokenization
 
     def metric(m, tokenizer) -> dict:
         """Bits per byte, and perplexity per token of the *original* tokenization (a trimmed tokenizer splits
         out-of-vocabulary words into more tokens; the total NLL is what compares)."""
         with torch.no_grad():
             r = protocol.evaluate(m, tokenizer, progress=False)
-        n_ref.append(n_ref[0] if n_ref else r["n_tokens"])
-        return {"bits_per_byte": r["bits_per_byte"], "perplexity": math.exp(r["total_nats"] / n_ref[0]),
+        if tokenizer is tok:
+            n_ref.setdefault("tokens", r["n_tokens"])
+        return {"bits_per_byte": r["bits_per_byte"], "perplexity": math.exp(r["total_nats"] / n_ref["tokens"]),
                 "n_tokens": r["n_tokens"]}
 
     # the domain vocabulary (ann.prune.vocab): tokens seen >= min_count times in the training split, closed under
@@ -162,6 +163,25 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
                             "val_bits_per_byte_untrimmed": val_ref, "seconds": trim_s, **metric(trimmed, trimmed_tok)}
     log(f"smollm2 vocabulary {len(tok)} -> {len(keep)}: {res['vocab_trimmed']}")
     variants: dict = {"unpruned": model, "vocab_trimmed": trimmed}
+
+    def recovery_loss(teacher):  # distillation + domain fine-tuning (ann.prune.recover)
+        return kd_loss(teacher, forward, bf16=True, task_loss=next_token_loss)
+
+    def recovery_info(seconds: float, losses, teacher: str) -> dict:
+        return {"steps": profile.lm_recover_steps, "lr": profile.lm_lr, "tokens": profile.lm_recover_steps * 4 * 256,
+                "loss": "KL(teacher || student) + next-token cross-entropy, stdlib train split",
+                "precision": "bf16 autocast, float32 weights", "seconds": seconds, "teacher": teacher,
+                "loss_first": losses[0][1], "loss_last": losses[-1][1]}
+
+    # the reference for what recovery's domain fine-tuning alone buys: the unpruned model, recovered the same way
+    t0 = time.perf_counter()
+    tuned, losses = recover(copy.deepcopy(model), block_batch_fn(make_blocks(stream, 256), batch_size=4, seed=seed),
+                            recovery_loss(model), steps=profile.lm_recover_steps, lr=profile.lm_lr, seed=seed,
+                            desc="smollm2-unpruned")
+    res["unpruned_finetuned"] = {"params": res["unpruned"]["params"], **metric(tuned, tok),
+                                 "recovery": recovery_info(time.perf_counter() - t0, losses, "unpruned")}
+    del tuned
+    log(f"smollm2 unpruned, fine-tuned like the pruned models: {res['unpruned_finetuned']}")
     tokenizers = {"unpruned": tok, "vocab_trimmed": trimmed_tok}
     p0 = res["unpruned"]["params"]
     for ratio in profile.ratios:
@@ -183,18 +203,15 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
             pruned = metric(m, vtok)
             log(f"smollm2 {key} pruned: {pruned}")
             t0 = time.perf_counter()
-            m, losses = recover(m, block_batch_fn(train, batch_size=4, seed=seed), kd_loss(teacher, forward, bf16=True),
+            m, losses = recover(m, block_batch_fn(train, batch_size=4, seed=seed), recovery_loss(teacher),
                                 steps=profile.lm_recover_steps, lr=profile.lm_lr, seed=seed, desc=f"smollm2-{key}")
             recover_s = time.perf_counter() - t0
             recovered = metric(m, vtok)
             log(f"smollm2 {key} recovered ({recover_s:.0f} s): {recovered}")
             res[key] = {"ratio": 1 - _count(m) / p0, "params": _count(m), "vocabulary": v, "search": info,
                         "search_seconds": search_s, "pruned": pruned, **recovered,
-                        "recovery": {"steps": profile.lm_recover_steps, "lr": profile.lm_lr,
-                                     "tokens": profile.lm_recover_steps * 4 * 256,
-                                     "precision": "bf16 autocast, float32 weights", "seconds": recover_s,
-                                     "teacher": "unpruned" if v == "full" else "unpruned, vocabulary trimmed (the same logits on kept tokens)",
-                                     "loss_first": losses[0][1], "loss_last": losses[-1][1]}}
+                        "recovery": recovery_info(recover_s, losses, "unpruned" if v == "full" else
+                                                  "unpruned, vocabulary trimmed (the same logits on kept tokens)")}
             variants[key], tokenizers[key] = m, vtok
 
     # prune-then-quantize: int8 weight-only (W8A16, fused) of the unpruned and of the pruned models at the target ratio
@@ -320,6 +337,9 @@ def _plot(mfm: dict, lm: dict, path: Path) -> Path:
             tw.plot(xs, sp, m1 + ":", color="tab:green", label="latency speedup" + label)
         if key == "perplexity":
             ax.set_yscale("log")
+            if "unpruned_finetuned" in res:
+                ax.axhline(res["unpruned_finetuned"][key], color="0.5", ls="-.", lw=1,
+                           label="unpruned, fine-tuned like the recovery")
         else:  # what the test split can resolve: differences inside the band are noise
             u, se2 = res["unpruned"][key], _two_se(res["unpruned"][key], res["test_questions"])
             ax.axhspan(u - se2, u + se2, color="0.85", label="unpruned +- 2 SE")
@@ -371,6 +391,10 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"benchmark": "prune", "profile": args.profile, "seed": args.seed, "profile_settings": asdict(profile),
                "machine": machine_info(), "torch_threads": torch.get_num_threads(), "versions": versions("torch", "transformers"), "mfm": mfm, "smollm2": lm,
                "targets": [asdict(t) for t in targets], "plot": str(plot) if plot else None,
+               "smollm2_increase_pct_vs_unpruned_finetuned_the_same_way": {
+                   k: 100 * (r["perplexity"] / lm["unpruned_finetuned"]["perplexity"] - 1)
+                   for k, r in lm.items() if "unpruned_finetuned" in lm and k.startswith(("pruned_", "vocab_pruned_"))
+                   and isinstance(r, dict) and "perplexity" in r},
                "mfm_two_standard_errors": _two_se(mfm["unpruned"]["accuracy"], mfm["test_questions"]) if mfm else None,
                "wall_seconds": time.perf_counter() - t_start,
                "notes": {"latency": "MFM: answering 32 test images (96 questions, greedy); SmolLM2: prefill of one 256-token "

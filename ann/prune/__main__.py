@@ -1,14 +1,15 @@
 """``python -m ann.prune``: structural pruning of a local Hugging Face model, with optional recovery.
 
     python -m ann.prune MODEL_DIR --ratio 0.3 [--blocks K] --calib TASK_OR_TEXT_FILE [--recover-steps S]
-        [--trim-vocab] --out OUT_DIR
+        [--recover-ce] [--trim-vocab] --out OUT_DIR
 
 Searches which blocks, attention heads and MLP channels to remove, tower by tower, until ``ratio`` of the
 parameters are gone (:mod:`ann.prune.plan`). With ``--trim-vocab`` (decoder-only text models with a BPE
 tokenizer) the vocabulary is first cut to the tokens the calibration text uses (:mod:`ann.prune.vocab`; the
 trimmed tokenizer is saved with the model; other text still tokenizes, into smaller pieces), and the search
-removes the rest of ``ratio`` (of the original parameter count). It optionally recovers by distilling from the unpruned model for ``S``
-steps (:mod:`ann.prune.recover`), and writes an ordinary HF model folder (``from_pretrained`` loads it) plus
+removes the rest of ``ratio`` (of the original parameter count). It optionally recovers by distilling from the
+unpruned model for ``S`` steps (:mod:`ann.prune.recover`; ``--recover-ce`` adds next-token cross-entropy on the
+calibration text, i.e. domain fine-tuning), and writes an ordinary HF model folder (``from_pretrained`` loads it) plus
 ``prune.json``. Calibration inputs by family (``ann.models.hf.load_pretrained`` dispatches):
 
 - Llama-family and BERT-family models: a UTF-8 text file, or a text task (``stdlib``, ``humaneval``);
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--criterion", choices=("magnitude", "wanda", "taylor"), default="wanda", help="unit importance")
     p.add_argument("--calib-samples", type=int, default=4, help="text blocks / images in the search's calibration batch")
     p.add_argument("--recover-steps", type=int, default=0, help="distillation steps from the unpruned model (0: none)")
+    p.add_argument("--recover-ce", action="store_true",
+                   help="causal LMs: add next-token cross-entropy on the calibration text to the distillation loss "
+                        "(recovery becomes domain fine-tuning too)")
     p.add_argument("--lora-rank", type=int, default=0, help="recover through LoRA adapters of this rank (0: all weights)")
     p.add_argument("--lr", type=float, default=1e-4, help="recovery learning rate")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per text calibration / recovery block")
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         from ann.checkpoint import save_pretrained_atomic
         from ann.models.hf import ModelFamily, load_pretrained
         from ann.prune.plan import prune
-        from ann.prune.recover import kd_loss, recover
+        from ann.prune.recover import kd_loss, next_token_loss, recover
         from ann.prune.plan import count_params
         from ann.prune.surgery import towers
         from ann.prune.vocab import trim_vocabulary
@@ -176,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         calib, batch_fn, forward, distance = data(loaded, args)
         teacher = copy.deepcopy(model) if args.recover_steps else None
 
+        if args.recover_ce and loaded.family != ModelFamily.LLAMA:
+            raise ValueError(f"--recover-ce: next-token loss needs a causal LM; {args.model_dir} is a "
+                             f"{loaded.family.value} model")
         if args.criterion == "taylor" and distance != "kl":
             raise ValueError("--criterion taylor needs a model with logits (its loss); use wanda or magnitude")
 
@@ -187,9 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             info = prune(model, ratio, run=lambda m: forward(m, calib), blocks=args.blocks, criterion=args.criterion,
                          loss=loss if args.criterion == "taylor" else None, distance=distance, progress=print)
         if args.recover_steps:
-            model, losses = recover(model, batch_fn, kd_loss(teacher, forward, distance=distance), steps=args.recover_steps,
+            loss_fn = kd_loss(teacher, forward, distance=distance, task_loss=next_token_loss if args.recover_ce else None)
+            model, losses = recover(model, batch_fn, loss_fn, steps=args.recover_steps,
                                     lr=args.lr, lora_rank=args.lora_rank or None, seed=args.seed)
             info["recovery"] = {"steps": args.recover_steps, "lora_rank": args.lora_rank or None, "lr": args.lr,
+                                "loss": "distillation" + (" + next-token cross-entropy" if args.recover_ce else ""),
                                 "first_loss": losses[0][1], "last_loss": losses[-1][1]}
         if trimmed:
             info["vocabulary"] = trimmed

@@ -274,3 +274,24 @@ def test_cli_prunes_vit_bert_and_the_mfm_with_their_calibration_data(family, tmp
     if family != "bert":  # a text file is not what an image model calibrates on
         assert main([str(model_dir), "--ratio", "0.2", "--calib", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
         assert "use --calib synthmed" in capsys.readouterr().err
+
+
+def test_kd_loss_adds_the_next_token_loss_from_the_same_student_forward():
+    from ann.prune.recover import kd_loss, next_token_loss
+
+    model = _llama()
+    ids = torch.randint(0, 64, (2, 12))
+
+    def forward(m, batch):
+        return m(input_ids=batch["input_ids"]).logits
+
+    with torch.no_grad():
+        logits = model(ids).logits
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 64), ids[:, 1:].reshape(-1))
+        assert torch.allclose(next_token_loss(logits, {"input_ids": ids}), ce)
+        both = kd_loss(model, forward, task_loss=next_token_loss)(model, {"input_ids": ids})
+        assert torch.allclose(both, ce, atol=1e-5)  # the distance of a model to itself is 0
+        other = _llama()
+        torch.nn.init.normal_(other.lm_head.weight)
+        assert kd_loss(model, forward, task_loss=next_token_loss)(other, {"input_ids": ids}) > \
+            next_token_loss(other(ids).logits, {"input_ids": ids})

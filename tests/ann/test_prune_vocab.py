@@ -119,8 +119,9 @@ def test_cli_trims_the_vocabulary_within_the_ratio(bpe_tok, tmp_path, capsys):
     out = tmp_path / "pruned"
     args = [str(model_dir), "--calib", str(tmp_path / "calib.txt"), "--seq-len", "16", "--out", str(out), "--trim-vocab",
             "--vocab-min-count", "2"]
-    assert main([*args, "--ratio", "0.3"]) == 0, capsys.readouterr().err
+    assert main([*args, "--ratio", "0.3", "--recover-steps", "2", "--recover-ce"]) == 0, capsys.readouterr().err
     info = json.loads((out / "prune.json").read_text())
+    assert "cross-entropy" in info["recovery"]["loss"]
     back = T.AutoModelForCausalLM.from_pretrained(out)
     tok = T.AutoTokenizer.from_pretrained(out)
     assert back.config.vocab_size == len(tok) == info["vocabulary"]["vocab_after"] < len(bpe_tok)
