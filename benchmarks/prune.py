@@ -35,8 +35,8 @@ Targets (issue [P]): at 30 % fewer parameters, latency at least 1.3x lower and, 
 2 points / SmolLM2 perplexity within 10 % of the unpruned model. Writes ``prune.json``, ``prune.md`` and
 ``prune.png`` (fraction removed vs metric, and latency speedup).
 
-Cost on the 2-core CPU box: quick ~75 min for SmolLM2 (three 200-step recoveries of ~20 min) + ~5 min for the MFM
-(once its checkpoint is cached); full about 9 h (nine 600-step SmolLM2 recoveries; ``--only`` runs one model).
+Cost on the 2-core CPU box: quick ~90 min for SmolLM2 (three 200-step recoveries, 7-9 s per step) + ~5 min for the MFM
+(once its checkpoint is cached); full about 12 h (nine 600-step SmolLM2 recoveries; ``--only`` runs one model).
 """
 
 from __future__ import annotations
