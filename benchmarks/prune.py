@@ -339,7 +339,7 @@ def _plot(mfm: dict, lm: dict, path: Path) -> Path:
             before = [res["unpruned"][key]] + [r["pruned_accuracy"] if key == "accuracy" else r["pruned"][key] for _, r in rows]
             after = [res["unpruned"][key]] + [r[key] for _, r in rows]
             ax.plot(xs, before, m1 + "--", color="tab:red", label="pruned, no recovery" + label, alpha=1 if not label else 0.6)
-            ax.plot(xs, after, m2 + "-", color="tab:blue", label="after distillation" + label, alpha=1 if not label else 0.6)
+            ax.plot(xs, after, m2 + "-", color="tab:blue", label="after recovery" + label, alpha=1 if not label else 0.6)
             sp = [res["unpruned"][lat] / r[lat] for r in [res["unpruned"]] + [r for _, r in rows]]
             tw.plot(xs, sp, m1 + ":", color="tab:green", label="latency speedup" + label)
         if key == "perplexity":
