@@ -141,9 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from ann.checkpoint import save_pretrained_atomic
         from ann.models.hf import ModelFamily, load_pretrained
-        from ann.prune.plan import prune
+        from ann.prune.plan import count_params, prune
         from ann.prune.recover import kd_loss, next_token_loss, recover
-        from ann.prune.plan import count_params
         from ann.prune.surgery import towers
         from ann.prune.vocab import trim_vocabulary
         from tasks.io import atomic_write_json
@@ -159,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_pretrained(args.model_dir)
         model = loaded.model.eval()
         towers(model)  # refuses an unknown layout before any work
+        if args.recover_ce and loaded.family != ModelFamily.LLAMA:
+            raise ValueError(f"--recover-ce: next-token loss needs a causal LM; {args.model_dir} is a "
+                             f"{loaded.family.value} model")
         p0, trimmed = count_params(model), None
         if args.trim_vocab:
             tok = loaded.tokenizer_or_processor
@@ -180,9 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         calib, batch_fn, forward, distance = data(loaded, args)
         teacher = copy.deepcopy(model) if args.recover_steps else None
 
-        if args.recover_ce and loaded.family != ModelFamily.LLAMA:
-            raise ValueError(f"--recover-ce: next-token loss needs a causal LM; {args.model_dir} is a "
-                             f"{loaded.family.value} model")
         if args.criterion == "taylor" and distance != "kl":
             raise ValueError("--criterion taylor needs a model with logits (its loss); use wanda or magnitude")
 
