@@ -144,17 +144,17 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
     val = EvalProtocol(eval_bytes=profile.lm_eval_bytes, split="val")
     with torch.no_grad():
         val_ref = val.evaluate(model, tok, progress=False)["bits_per_byte"]
-        choice = {}
+        val_bpb = {}
         for mc in VOCAB_MIN_COUNTS:
             cand = copy.deepcopy(model)
             cand_tok, keep = trim_vocabulary(cand, tok, stream, min_count=mc)
-            choice[mc] = (val.evaluate(cand, cand_tok, progress=False)["bits_per_byte"], cand, cand_tok, keep)
-            log(f"smollm2 vocabulary min_count={mc}: {len(keep)} tokens, val bits/byte {choice[mc][0]:.4f} "
+            val_bpb[mc] = val.evaluate(cand, cand_tok, progress=False)["bits_per_byte"]
+            log(f"smollm2 vocabulary min_count={mc}: {len(keep)} tokens, val bits/byte {val_bpb[mc]:.4f} "
                 f"(untrimmed {val_ref:.4f})")
-    min_count = max([mc for mc, c in choice.items() if c[0] <= val_ref * (1 + VOCAB_TOLERANCE)], default=1)
-    _, trimmed, trimmed_tok, keep = choice[min_count]
-    val_bpb = {mc: c[0] for mc, c in choice.items()}
-    del choice
+            del cand
+    min_count = max([mc for mc, b in val_bpb.items() if b <= val_ref * (1 + VOCAB_TOLERANCE)], default=1)
+    trimmed = copy.deepcopy(model)
+    trimmed_tok, keep = trim_vocabulary(trimmed, tok, stream, min_count=min_count)
     trim_s = time.perf_counter() - t0
     vocab = {"full": (model, tok, stream), "domain": (trimmed, trimmed_tok, remap_ids(stream, keep, len(tok)))}
     g = torch.Generator().manual_seed(seed)
@@ -165,7 +165,8 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
 
     res: dict = {"unpruned": {"params": _count(model), **metric(model, tok)}}
     log(f"smollm2 unpruned: {res['unpruned']}")
-    res["vocab_trimmed"] = {"params": _count(trimmed), "ratio": 1 - _count(trimmed) / res["unpruned"]["params"],
+    p0 = res["unpruned"]["params"]
+    res["vocab_trimmed"] = {"params": _count(trimmed), "ratio": 1 - _count(trimmed) / p0,
                             "vocab": len(keep), "min_count": min_count, "val_bits_per_byte": val_bpb,
                             "val_bits_per_byte_untrimmed": val_ref, "seconds": trim_s, **metric(trimmed, trimmed_tok)}
     log(f"smollm2 vocabulary {len(tok)} -> {len(keep)}: {res['vocab_trimmed']}")
@@ -190,7 +191,6 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
     del tuned
     log(f"smollm2 unpruned, fine-tuned like the pruned models: {res['unpruned_finetuned']}")
     tokenizers = {"unpruned": tok, "vocab_trimmed": trimmed_tok}
-    p0 = res["unpruned"]["params"]
     for ratio in profile.ratios:
         for v in profile.lm_vocabs:
             teacher, vtok, vstream = vocab[v]

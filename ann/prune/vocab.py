@@ -69,7 +69,8 @@ def domain_vocabulary(tokenizer, token_ids: torch.Tensor | Iterable[int], *, min
         raise ValueError(f"domain_vocabulary: negative token id {int(ids.min())}")
     counts = torch.bincount(ids)
     seen = {int(i) for i in (counts >= min_count).nonzero().flatten()}
-    unknown = sorted(i for i in seen if i not in by_id and i not in {a["id"] for a in spec["added_tokens"]})
+    added = {a["id"] for a in spec["added_tokens"]}
+    unknown = sorted(seen - by_id.keys() - added)
     if unknown:
         raise ValueError(f"domain_vocabulary: ids {unknown[:5]} are not in the tokenizer's vocabulary; were these "
                          "tokens made by another tokenizer?")
@@ -82,8 +83,7 @@ def domain_vocabulary(tokenizer, token_ids: torch.Tensor | Iterable[int], *, min
             if part not in keep:
                 keep.add(part)
                 stack.append(part)
-    out = {vocab[t] for t in keep} | {a["id"] for a in spec["added_tokens"]}
-    return sorted(out)
+    return sorted({vocab[t] for t in keep} | added)
 
 
 def _check_keep(keep: Sequence[int], size: int, what: str) -> torch.Tensor:
@@ -158,15 +158,16 @@ def trim_embeddings(model: nn.Module, keep: Sequence[int]) -> None:
                          f"{type(model).__name__} has {type(emb).__name__} / {type(out).__name__}")
     idx = _check_keep(keep, emb.num_embeddings, "trim_embeddings")
     new_id = {old: new for new, old in enumerate(idx.tolist())}
-    special = {}
+    special = []  # (config, attribute, renumbered value), all checked before anything changes
     for cfg in (model.config, getattr(model, "generation_config", None)):
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             v = getattr(cfg, name, None) if cfg is not None else None
-            for i in ([] if v is None else v if isinstance(v, list) else [v]):
+            if v is None:
+                continue
+            for i in v if isinstance(v, list) else [v]:
                 if i not in new_id:
                     raise ValueError(f"trim_embeddings: {name}={i} is not kept; add it to keep")
-            if v is not None:
-                special[(id(cfg), name)] = (cfg, name, [new_id[i] for i in v] if isinstance(v, list) else new_id[v])
+            special.append((cfg, name, [new_id[i] for i in v] if isinstance(v, list) else new_id[v]))
     tied = out is not None and out.weight is emb.weight
     new_emb = nn.Embedding(idx.numel(), emb.embedding_dim, dtype=emb.weight.dtype)
     new_emb.weight = nn.Parameter(emb.weight.data[idx].clone(), requires_grad=emb.weight.requires_grad)
@@ -178,7 +179,7 @@ def trim_embeddings(model: nn.Module, keep: Sequence[int]) -> None:
             new_out.bias = nn.Parameter(out.bias.data[idx].clone())
         model.set_output_embeddings(new_out)
     model.config.vocab_size = idx.numel()
-    for cfg, name, v in special.values():
+    for cfg, name, v in special:
         setattr(cfg, name, v)
 
 
@@ -186,8 +187,8 @@ def trim_vocabulary(model: nn.Module, tokenizer, domain_ids: torch.Tensor, *, mi
     """:func:`domain_vocabulary` of ``domain_ids``, then :func:`trim_tokenizer` and :func:`trim_embeddings` (in
     place). Returns ``(trimmed tokenizer, keep)``; nothing is changed if any step refuses."""
     keep = domain_vocabulary(tokenizer, domain_ids, min_count=min_count)
-    n = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
-    if n is not None and keep[-1] >= n:
+    n = model.get_input_embeddings().num_embeddings
+    if keep[-1] >= n:
         raise ValueError(f"the tokenizer has ids up to {keep[-1]} but the model's embedding has {n} rows")
     new_tok = trim_tokenizer(tokenizer, keep)
     trim_embeddings(model, keep)
