@@ -1,13 +1,15 @@
 """``python -m ann.prune``: structural pruning of a local Hugging Face model, with optional recovery.
 
     python -m ann.prune MODEL_DIR --ratio 0.3 [--blocks K] --calib TASK_OR_TEXT_FILE [--recover-steps S]
-        [--recover-ce] [--trim-vocab] --out OUT_DIR
+        [--recover-ce] [--trim-vocab] [--speedup X] --out OUT_DIR
 
 Searches which blocks, attention heads and MLP channels to remove, tower by tower, until ``ratio`` of the
 parameters are gone (:mod:`ann.prune.plan`). With ``--trim-vocab`` (decoder-only text models with a BPE
 tokenizer) the vocabulary is first cut to the tokens the calibration text uses (:mod:`ann.prune.vocab`; the
 trimmed tokenizer is saved with the model; other text still tokenizes, into smaller pieces), and the search
-removes the rest of ``ratio`` (of the original parameter count). It optionally recovers by distilling from the
+removes the rest of ``ratio`` (of the original parameter count). With ``--speedup X`` the search is latency-aware:
+it also cuts until the calibration forward's time, as modelled from timings on this machine
+(:mod:`ann.prune.latency`), is ``X`` times lower (than the model's after any vocabulary trimming). It optionally recovers by distilling from the
 unpruned model for ``S`` steps (:mod:`ann.prune.recover`; ``--recover-ce`` adds next-token cross-entropy on the
 calibration text, i.e. domain fine-tuning), and writes an ordinary HF model folder (``from_pretrained`` loads it) plus
 ``prune.json``. Calibration inputs by family (``ann.models.hf.load_pretrained`` dispatches):
@@ -130,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="text LMs: first drop the vocabulary the calibration text never uses (counts toward --ratio)")
     p.add_argument("--vocab-min-count", type=int, default=1,
                    help="with --trim-vocab: keep tokens the calibration text uses at least this often (and their BPE parts)")
+    p.add_argument("--speedup", type=float, default=None,
+                   help="also cut until the modelled calibration-forward time is this many times lower (>= 1; "
+                        "after --trim-vocab, counted from the trimmed model)")
     p.add_argument("--out", type=Path, required=True, help="output folder (the pruned model + prune.json)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -150,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         if not 0.0 <= args.ratio < 1.0:  # before loading anything (ann.prune.plan.prune checks it again)
             raise ValueError(f"--ratio {args.ratio}: the fraction of parameters to remove must be in [0, 1)")
+        if args.speedup is not None and args.speedup < 1:
+            raise ValueError(f"--speedup {args.speedup}: a latency factor >= 1 (1.3 = 1.3 times faster)")
         for name, v, lo in (("--recover-steps", args.recover_steps, 0), ("--lora-rank", args.lora_rank, 0),
                             ("--calib-samples", args.calib_samples, 1), ("--vocab-min-count", args.vocab_min_count, 1)):
             if v < lo:
@@ -191,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
         with torch.no_grad():
             info = prune(model, ratio, run=lambda m: forward(m, calib), blocks=args.blocks, criterion=args.criterion,
-                         loss=loss if args.criterion == "taylor" else None, distance=distance, progress=print)
+                         loss=loss if args.criterion == "taylor" else None, distance=distance, speedup=args.speedup,
+                         progress=print)
         if args.recover_steps:
             loss_fn = kd_loss(teacher, forward, distance=distance, task_loss=next_token_loss if args.recover_ce else None)
             model, losses = recover(model, batch_fn, loss_fn, steps=args.recover_steps,

@@ -19,6 +19,15 @@ encoder's features, the relative squared error instead: :func:`output_distance`)
 overshoot the target by more than ``overshoot`` of the parameters while another move fits. Every layer of a
 tower keeps the same counts (a HF config holds one size per tower); which units go is per layer.
 
+Latency-aware (``speedup=S``): parameters are not time (a block costs a fixed overhead besides its FLOPs), so with a
+speed-up target the search fits :class:`ann.prune.latency.LatencyModel` to ``run`` on this machine and cuts until
+*both* targets are met, ranking moves by distance increase per share of the unmet targets they cover:
+
+    pick argmin_move dD / (min(1, dP / P_left) + min(1, dT / T_left)),    T = alpha F + beta N_blocks + gamma
+
+(a met target's term is 0, so without ``speedup`` this is the rule above); the modelled speed-up reached is
+reported, and a real one must be measured.
+
 Parameters ``P``: all distinct parameters, embeddings included. ``blocks=K`` drops ``K`` blocks of the largest
 tower first, by block influence, and leaves blocks out of the search. Everything is checked before the model is
 touched; the model is pruned in place.
@@ -37,6 +46,7 @@ from torch import nn
 
 from ann.finetune.lora import trainable_fraction
 from ann.prune.importance import CRITERIA, block_influence, input_norms
+from ann.prune.latency import LatencyModel, count_blocks, fit_latency, forward_flops
 from ann.prune.surgery import (Tower, check_heads, drop_blocks, head_group_slices, mlp_channel_slices,
                                prune_head_groups, prune_mlp_channels, towers)
 
@@ -81,10 +91,12 @@ class Move:
     drop: list[int] | None = None
     params_removed: int = 0
     distance: float = float("nan")
+    seconds: float = float("nan")  # modelled seconds of the calibration forward after the move (speedup targets)
 
     def summary(self, ts: Sequence[Tower]) -> dict:
         return {"tower": ts[self.tower].name, "structure": self.structure, "amount": self.amount,
                 "params_removed": self.params_removed, "distance": self.distance,
+                **({"modelled_seconds": self.seconds} if not math.isnan(self.seconds) else {}),
                 **({"dropped": self.drop} if self.drop else {})}
 
 
@@ -162,14 +174,16 @@ def _max_removable(ts: Sequence[Tower], structures: Sequence[str], fixed: dict[i
 def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Tensor], criterion: str = "wanda",
           loss: Callable[[nn.Module], torch.Tensor] | None = None, blocks: int | None = None,
           structures: Sequence[str] = STRUCTURES, step: float = 0.125, overshoot: float = 0.01, distance: str = "kl",
-          progress: Callable[[str], None] | None = None) -> dict:
+          speedup: float | None = None, latency: LatencyModel | None = None, latency_rounds: int = 3, progress: Callable[[str], None] | None = None) -> dict:
     """Prune ``model`` in place to about ``ratio`` fewer parameters (module docstring).
 
     ``run(model)``: the calibration forward, returning logits ``(..., V)`` (Wanda's activations and the distance
     both come from it; ``distance="mse"`` for features instead, see :func:`output_distance`); ``loss(model)``: a
     scalar calibration loss, needed by ``taylor``; ``structures``: the kinds the search may cut; ``step``: the MLP
-    move size; ``overshoot``: how far past the target a block or head move may go; ``progress``: called with one
-    line per move. Returns what was removed, move by move, and the final sizes of every tower."""
+    move size; ``overshoot``: how far past the target a block or head move may go; ``speedup``: also cut until the
+    modelled time of ``run`` is ``speedup`` times lower (latency-aware search, module docstring), with ``latency``
+    as the time model, or else one fitted here with ``latency_rounds`` timings per point; ``progress``: called with one line per move. Returns what was
+    removed, move by move, and the final sizes of every tower."""
     ts = towers(model)
     if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0.0 <= ratio < 1.0):
         raise ValueError(f"ratio={ratio!r}: the fraction of parameters to remove must be in [0, 1)")
@@ -182,6 +196,8 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
     bad = [s for s in structures if s not in STRUCTURES]
     if bad or not structures:
         raise ValueError(f"structures={list(structures)!r}; choose from {list(STRUCTURES)}")
+    if speedup is not None and not (isinstance(speedup, (int, float)) and not isinstance(speedup, bool) and speedup >= 1):
+        raise ValueError(f"speedup={speedup!r}: the latency target, a factor >= 1 (or None for parameters only)")
     if not 0 < step <= 1:
         raise ValueError(f"step={step!r}: the MLP move size, a fraction of the intermediate size in (0, 1]")
     main = max(range(len(ts)), key=lambda i: count_params(ts[i].layers))
@@ -200,24 +216,37 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
 
     with torch.no_grad():
         reference = run(model).detach()
+    lat = (latency or fit_latency(model, run, rounds=latency_rounds)) if speedup else None
+    t0 = lat(forward_flops(model, run)[0], count_blocks(model)) if lat else math.nan
+    t_goal = t0 / speedup if lat else math.nan
 
-    def measure(m: nn.Module) -> float:
-        with torch.no_grad():
-            return float(output_distance(reference, run(m), distance))
+    def measure(m: nn.Module) -> tuple[float, float]:
+        """(distance to the reference, modelled seconds of ``run(m)``; nan without a speedup target)."""
+        if lat is None:
+            with torch.no_grad():
+                return float(output_distance(reference, run(m), distance)), math.nan
+        flops, out = forward_flops(m, run)
+        return float(output_distance(reference, out, distance)), lat(flops, count_blocks(m))
 
     kw = dict(run=run, criterion=criterion, loss=loss)
     moves: list[Move] = []
+    now, t_now = 0.0, t0
     if blocks:
         mv = _choose(model, main, "blocks", blocks, **kw)
         before = count_params(model)
         _apply(model, mv)
-        mv.params_removed, mv.distance = before - count_params(model), measure(model)
+        mv.params_removed = before - count_params(model)
+        now, t_now = mv.distance, mv.seconds = measure(model)
         moves.append(mv)
     target = ratio * p0
-    now = measure(model) if moves else 0.0
     mlp0 = [t.intermediate for t in towers(model)]
-    while p0 - count_params(model) < target - 1e-9:
-        need = target - (p0 - count_params(model))
+
+    def unmet() -> tuple[float, float]:
+        """What is still to cut: parameters, and modelled seconds (0 when met or not asked for)."""
+        return max(0.0, target - (p0 - count_params(model))), max(0.0, t_now - t_goal) if lat else 0.0
+
+    while any(x > 1e-9 for x in unmet()):
+        need, need_t = unmet()
         ts = towers(model)
         cands: list[Move] = []
         for i, t in enumerate(ts):
@@ -232,12 +261,14 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
                     continue
                 if s == "mlp":
                     per = _unit_params(t, s) * len(t.layers)
-                    amount = min(units - 1, math.ceil(step * mlp0[i]), math.ceil(need / per))
+                    amount = min(units - 1, math.ceil(step * mlp0[i]), math.ceil(need / per) if need > 0 else units)
                 else:
                     amount = 1
                 cands.append(Move(i, s, amount))
-        if not cands:  # the capacity check above rules this out
-            raise RuntimeError(f"prune: nothing left to cut at {1 - count_params(model) / p0:.3f} removed")
+        if not cands:
+            if need > 1e-9:  # the capacity check above rules this out
+                raise RuntimeError(f"prune: nothing left to cut at {1 - count_params(model) / p0:.3f} removed")
+            break  # the latency target is out of reach: the result reports the modelled speed-up reached
         tried = []
         for mv in cands:
             trial = copy.deepcopy(model)
@@ -245,21 +276,33 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
             before = count_params(trial)
             _apply(trial, chosen)
             chosen.params_removed = before - count_params(trial)
-            chosen.distance = measure(trial)
+            chosen.distance, chosen.seconds = measure(trial)
             tried.append(chosen)
             del trial
-        fits = [m for m in tried if m.params_removed <= need + overshoot * p0]
+        if need <= 1e-9:  # only the time target is left: moves that save no modelled time are no use
+            tried = [m for m in tried if m.seconds < t_now]
+            if not tried:
+                break
+        fits = [m for m in tried if m.params_removed <= need + overshoot * p0] if need_t <= 0 else []
         pool = fits or tried
-        best = min(pool, key=lambda m: (m.distance - now) / max(m.params_removed, 1))
+
+        def covered(m: Move) -> float:
+            """The share of each unmet target the move covers, summed (at most 1 per target)."""
+            return (min(1.0, m.params_removed / need) if need > 0 else 0.0) + \
+                (min(1.0, max(0.0, t_now - m.seconds) / need_t) if need_t > 0 else 0.0)
+
+        best = min(pool, key=lambda m: (m.distance - now) / max(covered(m), 1e-12))
         _apply(model, best)
-        now = best.distance
+        now, t_now = best.distance, best.seconds
         moves.append(best)
         if progress:
+            speed = f", modelled speed-up {t0 / t_now:.3f}x" if lat else ""
             progress(f"prune: {ts[best.tower].name} {best.structure} -{best.amount}: "
-                     f"{1 - count_params(model) / p0:.3f} removed, {distance} {best.distance:.4f}")
+                     f"{1 - count_params(model) / p0:.3f} removed, {distance} {best.distance:.4f}{speed}")
     final = towers(model)
     return {"ratio_target": ratio, "ratio": 1 - count_params(model) / p0, "criterion": criterion,
             "params_before": p0, "params_after": count_params(model),
             "moves": [m.summary(final) for m in moves], "distance": now,
+            **({"speedup_target": speedup, "speedup_modelled": t0 / t_now, "latency_model": lat.summary()} if lat else {}),
             "towers": {t.name: {"kind": t.kind, "layers": len(t.layers), "intermediate_size": t.intermediate,
                                 "heads": t.heads, "kv_heads": t.kv_heads} for t in final}}

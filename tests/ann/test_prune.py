@@ -1,6 +1,7 @@
 """ann.prune: physical surgery of Llama, ViT, BERT and LLaVA models, the importance criteria, the search and recovery."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -232,6 +233,14 @@ def test_cli_prunes_recovers_and_writes_a_loadable_model(tmp_path, capsys):
     assert "in [0, 1)" in capsys.readouterr().err
     assert main([str(model_dir), "--ratio", "0.2", "--calib", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "not a text task" in capsys.readouterr().err
+    assert main([str(model_dir), "--ratio", "0.2", "--calib", str(model_dir / "calib.txt"), "--speedup", "0.5",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--speedup 0.5" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    fast = tmp_path / "fast"
+    assert main([str(model_dir), "--ratio", "0.2", "--calib", str(model_dir / "calib.txt"), "--speedup", "1.2",
+                 "--seq-len", "16", "--out", str(fast)]) == 0
+    info = json.loads((fast / "prune.json").read_text())
+    assert info["speedup_target"] == 1.2 and info["speedup_modelled"] >= 1 and info["latency_model"]["alpha"] >= 0
 
 
 @pytest.mark.parametrize("family", ["vit", "bert", "mfm"])
@@ -295,3 +304,36 @@ def test_kd_loss_adds_the_next_token_loss_from_the_same_student_forward():
         torch.nn.init.normal_(other.lm_head.weight)
         assert kd_loss(model, forward, task_loss=next_token_loss)(other, {"input_ids": ids}) > \
             next_token_loss(other(ids).logits, {"input_ids": ids})
+
+
+def test_flops_count_matmuls_and_cpu_attention_and_the_latency_fit_passes_through_the_measured_model():
+    from ann.prune.latency import count_blocks, fit_latency, forward_flops
+
+    model = _llama()
+    ids = torch.randint(0, 64, (2, 10))
+    flops, out = forward_flops(model, lambda m: m(ids).logits)
+    lin = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attn = 3 * 2 * 2 * (2 * 4 * 10 * 10 * 8)  # layers x (QK^T, PV) x multiply-add x B H L S D: CPU SDPA counts
+    assert out.shape == (2, 10, 64) and flops == 2 * 20 * lin + attn
+    lat = fit_latency(model, lambda m: m(ids).logits, rounds=1)
+    assert lat.alpha >= 0 and lat.beta >= 0 and count_blocks(model) == 3 and model.config.num_hidden_layers == 3
+    point = lat.measured["model"]
+    assert lat(point["flops"], point["blocks"]) == pytest.approx(point["seconds"])
+    assert lat.measured["fewer_blocks"]["blocks"] == 2 and lat.measured["narrower_mlp"]["flops"] < point["flops"]
+
+
+def test_a_speedup_target_makes_the_search_prefer_what_saves_time():
+    """With a time model in which a block's fixed cost dominates, the latency-aware search drops blocks where the
+    parameter-only search cuts MLP channels; both targets end up met."""
+    from ann.prune.latency import LatencyModel
+    from ann.prune.plan import prune
+
+    ids = torch.randint(0, 64, (2, 10))
+    plain = prune(_llama(), 0.2, run=lambda m: m(ids).logits, structures=("blocks", "mlp"))
+    assert {m["structure"] for m in plain["moves"]} == {"mlp"}
+    lat = LatencyModel(alpha=1e-12, beta=1.0, gamma=0.0, measured={})
+    fast = prune(_llama(), 0.2, run=lambda m: m(ids).logits, structures=("blocks", "mlp"), speedup=1.4, latency=lat)
+    assert "blocks" in {m["structure"] for m in fast["moves"]}
+    assert fast["speedup_modelled"] >= 1.4 and fast["ratio"] >= 0.2
+    with pytest.raises(ValueError, match="speedup"):
+        prune(_llama(), 0.2, run=lambda m: m(ids).logits, speedup=0.5)

@@ -36,7 +36,9 @@ def test_targets_score_speed_and_quality_at_30_percent(tmp_path):
 
 def test_interleaved_seconds_times_every_callable():
     calls = []
-    out = bp.interleaved_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
+    from ann.prune.latency import interleaved_seconds
+
+    out = interleaved_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
     assert set(out) == {"a", "b"} and all(v >= 0 for v in out.values())
     assert calls == ["a", "b"] * 4  # one warm-up each, then in turn
 
