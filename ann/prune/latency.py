@@ -1,8 +1,8 @@
 r"""How fast: a latency model of a prunable model's calibration forward, fitted on this machine.
 
-Parameters are not time. On a CPU, a transformer's forward costs its floating-point work *and* a fixed cost per
-block (kernel dispatch, norms, residual adds, reshapes of small tensors), so removing a whole block saves more
-time per parameter than removing the same parameters as MLP channels. The model
+Parameters are not time. Embedding rows cost no FLOPs, attention scores cost FLOPs but have no parameters, and a
+CPU forward may pay a fixed cost per block (kernel dispatch, norms, residual adds) and a fixed cost per call. The
+model
 
     T(m) = alpha * F(m) + beta * N(m) + gamma
 
@@ -13,6 +13,8 @@ MLP channels of every tower cut (then ``alpha = dT_mlp / dF_mlp``, ``beta = (dT_
 ``beta`` clamped at 0, and ``gamma`` makes ``T(model)`` the measured time; if the narrower model does not time
 faster, e.g. a model too small to resolve, ``T = F * T_model / F_model``). :func:`ann.prune.plan.prune` uses it to
 rank moves by modelled time saved when given a ``speedup`` target; the real speed-up is always measured separately.
+Measured on SmolLM2-135M (4 x 256 tokens, 2-core CPU, three fits): ``beta`` 0 to 1e-4 s, ``gamma`` 0.05-0.41 s of
+about 2.2 s, i.e. time follows FLOPs with a per-call constant; the fit is noisy on a box whose speed drifts.
 """
 
 from __future__ import annotations

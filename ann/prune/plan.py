@@ -19,14 +19,15 @@ encoder's features, the relative squared error instead: :func:`output_distance`)
 overshoot the target by more than ``overshoot`` of the parameters while another move fits. Every layer of a
 tower keeps the same counts (a HF config holds one size per tower); which units go is per layer.
 
-Latency-aware (``speedup=S``): parameters are not time (a block costs a fixed overhead besides its FLOPs), so with a
+Latency-aware (``speedup=S``): parameters are not time (:mod:`ann.prune.latency`), so with a
 speed-up target the search fits :class:`ann.prune.latency.LatencyModel` to ``run`` on this machine and cuts until
 *both* targets are met, ranking moves by distance increase per share of the unmet targets they cover:
 
     pick argmin_move dD / (min(1, dP / P_left) + min(1, dT / T_left)),    T = alpha F + beta N_blocks + gamma
 
-(a met target's term is 0, so without ``speedup`` this is the rule above); the modelled speed-up reached is
-reported, and a real one must be measured.
+(a met target's term is 0; a move covering more than what is left of a target gets no credit for the excess).
+Without ``speedup`` the rule above applies unchanged. The modelled speed-up reached is reported; a real one must be
+measured.
 
 Parameters ``P``: all distinct parameters, embeddings included. ``blocks=K`` drops ``K`` blocks of the largest
 tower first, by block influence, and leaves blocks out of the search. Everything is checked before the model is
@@ -174,7 +175,8 @@ def _max_removable(ts: Sequence[Tower], structures: Sequence[str], fixed: dict[i
 def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Tensor], criterion: str = "wanda",
           loss: Callable[[nn.Module], torch.Tensor] | None = None, blocks: int | None = None,
           structures: Sequence[str] = STRUCTURES, step: float = 0.125, overshoot: float = 0.01, distance: str = "kl",
-          speedup: float | None = None, latency: LatencyModel | None = None, latency_rounds: int = 3, progress: Callable[[str], None] | None = None) -> dict:
+          speedup: float | None = None, latency: LatencyModel | None = None, latency_rounds: int = 3,
+          progress: Callable[[str], None] | None = None) -> dict:
     """Prune ``model`` in place to about ``ratio`` fewer parameters (module docstring).
 
     ``run(model)``: the calibration forward, returning logits ``(..., V)`` (Wanda's activations and the distance
@@ -182,8 +184,8 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
     scalar calibration loss, needed by ``taylor``; ``structures``: the kinds the search may cut; ``step``: the MLP
     move size; ``overshoot``: how far past the target a block or head move may go; ``speedup``: also cut until the
     modelled time of ``run`` is ``speedup`` times lower (latency-aware search, module docstring), with ``latency``
-    as the time model, or else one fitted here with ``latency_rounds`` timings per point; ``progress``: called with one line per move. Returns what was
-    removed, move by move, and the final sizes of every tower."""
+    as the time model, or else one fitted here with ``latency_rounds`` timings per point; ``progress``: called with
+    one line per move. Returns what was removed, move by move, and the final sizes of every tower."""
     ts = towers(model)
     if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0.0 <= ratio < 1.0):
         raise ValueError(f"ratio={ratio!r}: the fraction of parameters to remove must be in [0, 1)")
@@ -236,7 +238,8 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
         before = count_params(model)
         _apply(model, mv)
         mv.params_removed = before - count_params(model)
-        now, t_now = mv.distance, mv.seconds = measure(model)
+        mv.distance, mv.seconds = measure(model)
+        now, t_now = mv.distance, mv.seconds
         moves.append(mv)
     target = ratio * p0
     mlp0 = [t.intermediate for t in towers(model)]
@@ -287,7 +290,10 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
         pool = fits or tried
 
         def covered(m: Move) -> float:
-            """The share of each unmet target the move covers, summed (at most 1 per target)."""
+            """Parameters only: the parameters removed. With a speed-up target: the share of each unmet target the
+            move covers, summed (at most 1 per target)."""
+            if lat is None:
+                return m.params_removed
             return (min(1.0, m.params_removed / need) if need > 0 else 0.0) + \
                 (min(1.0, max(0.0, t_now - m.seconds) / need_t) if need_t > 0 else 0.0)
 
