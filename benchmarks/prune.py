@@ -35,10 +35,11 @@ kept tokens are the original ones). Perplexity is per token of the *original* to
 ``vocab_trimmed`` (trimming alone) is reported too.
 
 Targets (issue [P]): at 30 % fewer parameters, latency at least 1.3x lower and, after recovery, MFM accuracy within
-2 points / SmolLM2 perplexity within 10 % of the unpruned model. Writes ``prune.json``, ``prune.md`` and
+2 points / SmolLM2 perplexity within 10 % of the unpruned model. SmolLM2's latency-aware search removes at least
+30 %, more where its modelled speed-up needs it; each SmolLM2 target names the fraction actually removed. Writes ``prune.json``, ``prune.md`` and
 ``prune.png`` (fraction removed vs metric, and latency speedup).
 
-Cost on the 2-core CPU box: quick ~90 min for SmolLM2 (three 200-step recoveries, 7-9 s per step) + ~5 min for the MFM
+Cost on the 2-core CPU box: quick ~70-80 min for SmolLM2 (three 200-step recoveries, 4-8 s per step) + ~5 min for the MFM
 (once its checkpoint is cached); full about 12 h (nine 600-step SmolLM2 recoveries; ``--only`` runs one model).
 """
 
@@ -334,9 +335,10 @@ def _targets(mfm: dict, lm: dict) -> list[Target]:
             continue
         u, p = lm["unpruned"], lm[k]
         sp = u["prefill_seconds"] / p["prefill_seconds"]
-        out.append(Target(f"smollm2_prefill_speedup_at_30pct{suffix}", sp, ">= 1.3", sp >= 1.3))
+        at = f" ({p['ratio']:.3f} removed)"  # the latency-aware search may cut past 30 % to reach its speed-up
+        out.append(Target(f"smollm2_prefill_speedup_at_30pct{suffix}", sp, ">= 1.3" + at, sp >= 1.3))
         inc = 100 * (p["perplexity"] / u["perplexity"] - 1)
-        out.append(Target(f"smollm2_perplexity_increase_pct_after_recovery{suffix}", inc, "<= 10", inc <= 10))
+        out.append(Target(f"smollm2_perplexity_increase_pct_after_recovery{suffix}", inc, "<= 10" + at, inc <= 10))
     return out
 
 
