@@ -36,11 +36,11 @@ kept tokens are the original ones). Perplexity is per token of the *original* to
 
 Targets (issue [P]): at 30 % fewer parameters, latency at least 1.3x lower and, after recovery, MFM accuracy within
 2 points / SmolLM2 perplexity within 10 % of the unpruned model. SmolLM2's latency-aware search removes at least
-30 %, more where its modelled speed-up needs it; each SmolLM2 target names the fraction actually removed. Writes ``prune.json``, ``prune.md`` and
-``prune.png`` (fraction removed vs metric, and latency speedup).
+30 %, more where its modelled speed-up needs it; each SmolLM2 target names the fraction actually removed. Writes
+``prune.json``, ``prune.md`` and ``prune.png`` (fraction removed vs metric, and latency speedup).
 
-Cost on the 2-core CPU box: quick ~70-80 min for SmolLM2 (three 200-step recoveries, 4-8 s per step) + ~5 min for the MFM
-(once its checkpoint is cached); full about 12 h (nine 600-step SmolLM2 recoveries; ``--only`` runs one model).
+Cost on the 2-core CPU box: quick ~70-80 min for SmolLM2 (three 200-step recoveries, 4-8 s per step) + ~5 min for
+the MFM (once its checkpoint is cached); full about 12 h (nine 600-step SmolLM2 recoveries; ``--only`` runs one model).
 """
 
 from __future__ import annotations
@@ -241,19 +241,14 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
         variants[f"{name}_int8"], prompts[f"{name}_int8"], tokenizers[f"{name}_int8"] = qm, prompts[name], tokenizers[name]
         res[f"{name}_int8"] = {"params": res[name]["params"], **metric(qm, tokenizers[name])}
         log(f"smollm2 {name}_int8: {res[f'{name}_int8']}")
-    # latency: the fp32 models (the targets) in turn, then the int8 ones with the unpruned fp32 model as their anchor;
-    # "prefill": a forward over the prompt with all 256 logits (scoring); "first token": only the last position's
-    # logits, as transformers' generate() does for its first step
-    fp32 = [k for k in variants if not k.endswith("_int8")]
-    for group in (fp32, ["unpruned", *(k for k in variants if k.endswith("_int8"))]):
-        fns = {}
-        for k in group:
-            fns[k] = lambda v=variants[k], x=prompts[k]: v(x)
-            fns[f"{k}/first"] = lambda v=variants[k], x=prompts[k]: v(x, logits_to_keep=1)
-        for k, s in interleaved_seconds(fns, profile.lm_rounds).items():
-            name, first = k.split("/")[0], k.endswith("/first")
-            if group is fp32 or name != "unpruned":
-                res[name]["first_token_seconds" if first else "prefill_seconds"] = s
+    # latency, every model in turn: "prefill", a forward over the prompt with all 256 logits (scoring); "first token",
+    # the last position's logits only, as transformers' generate() computes its first step
+    fns = {}
+    for k, v in variants.items():
+        fns[k] = lambda v=v, x=prompts[k]: v(x)
+        fns[f"{k}/first"] = lambda v=v, x=prompts[k]: v(x, logits_to_keep=1)
+    for k, s in interleaved_seconds(fns, profile.lm_rounds).items():
+        res[k.split("/")[0]]["first_token_seconds" if k.endswith("/first") else "prefill_seconds"] = s
     for k, steps in _decode_seconds(variants, {k: x[:, :32] for k, x in prompts.items()}, profile.lm_rounds * 4).items():
         res[k]["decode_step_seconds"] = statistics.median(steps)
     return res

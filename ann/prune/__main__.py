@@ -9,10 +9,10 @@ tokenizer) the vocabulary is first cut to the tokens the calibration text uses (
 trimmed tokenizer is saved with the model; other text still tokenizes, into smaller pieces), and the search
 removes the rest of ``ratio`` (of the original parameter count). With ``--speedup X`` the search is latency-aware:
 it also cuts until the calibration forward's time, as modelled from timings on this machine
-(:mod:`ann.prune.latency`), is ``X`` times lower (than the model's after any vocabulary trimming). It optionally recovers by distilling from the
-unpruned model for ``S`` steps (:mod:`ann.prune.recover`; ``--recover-ce`` adds next-token cross-entropy on the
-calibration text, i.e. domain fine-tuning), and writes an ordinary HF model folder (``from_pretrained`` loads it) plus
-``prune.json``. Calibration inputs by family (``ann.models.hf.load_pretrained`` dispatches):
+(:mod:`ann.prune.latency`), is ``X`` times lower (than the model's after any vocabulary trimming). It optionally
+recovers by distilling from the unpruned model for ``S`` steps (:mod:`ann.prune.recover`; ``--recover-ce`` adds
+next-token cross-entropy on the calibration text, i.e. domain fine-tuning), and writes an ordinary HF model folder
+(``from_pretrained`` loads it) plus ``prune.json``. Calibration inputs by family (``ann.models.hf.load_pretrained`` dispatches):
 
 - Llama-family and BERT-family models: a UTF-8 text file, or a text task (``stdlib``, ``humaneval``);
 - ViT models: ``synthmed`` (SynthMed scans, resized to the model's image size and channels);
