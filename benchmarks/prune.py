@@ -159,8 +159,10 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
     def forward(m, batch):
         return m(input_ids=batch["input_ids"]).logits
 
+    calib_full = make_blocks(stream, 256)[order].long()
+
     def run_full(m):
-        return forward(m, {"input_ids": make_blocks(stream, 256)[order].long()})
+        return forward(m, {"input_ids": calib_full})
 
     # one time model of SmolLM2's calibration forward on this machine (ann.prune.latency), for every search
     lat = fit_latency(model, run_full, rounds=5)

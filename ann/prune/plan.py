@@ -216,10 +216,10 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
                          f"{most / p0:.3f} of the parameters (one block, head group and channel must stay per tower); "
                          "lower the ratio or allow more structures")
 
-    with torch.no_grad():
-        reference = run(model).detach()
     lat = (latency or fit_latency(model, run, rounds=latency_rounds)) if speedup else None
-    t0 = lat(forward_flops(model, run)[0], count_blocks(model)) if lat else math.nan
+    flops0, reference = forward_flops(model, run)  # one forward: the reference output and its FLOPs
+    reference = reference.detach()
+    t0 = lat(flops0, count_blocks(model)) if lat else math.nan
     t_goal = t0 / speedup if lat else math.nan
 
     def measure(m: nn.Module) -> tuple[float, float]:
