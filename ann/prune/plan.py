@@ -26,6 +26,8 @@ speed-up target the search fits :class:`ann.prune.latency.LatencyModel` to ``run
     pick argmin_move dD / (min(1, dP / P_left) + min(1, dT / T_left)),    T = alpha F + beta N_blocks + gamma
 
 (a met target's term is 0; a move covering more than what is left of a target gets no credit for the excess).
+Once only the time target is left, an MLP move that would save more than what is left is cut down to just enough
+channels (``T`` is affine in a tower's MLP width), so the search does not overshoot by a whole ``step``.
 Without ``speedup`` the rule above applies unchanged. The modelled speed-up reached is reported; a real one must be
 measured.
 
@@ -272,16 +274,26 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
             if need > 1e-9:  # the capacity check above rules this out
                 raise RuntimeError(f"prune: nothing left to cut at {1 - count_params(model) / p0:.3f} removed")
             break  # the latency target is out of reach: the result reports the modelled speed-up reached
-        tried = []
-        for mv in cands:
+        def attempt(mv: Move) -> Move:
             trial = copy.deepcopy(model)
             chosen = _choose(trial, mv.tower, mv.structure, mv.amount, **kw)
             before = count_params(trial)
             _apply(trial, chosen)
             chosen.params_removed = before - count_params(trial)
             chosen.distance, chosen.seconds = measure(trial)
+            return chosen
+
+        tried = []
+        for mv in cands:
+            chosen = attempt(mv)
+            saved = t_now - chosen.seconds
+            if need <= 1e-9 and mv.structure == "mlp" and saved > need_t > 0:
+                # only time is left and this move saves more than needed: modelled time is affine in a tower's MLP
+                # width (FLOPs are linear in it, the block count does not change), so cut just enough channels
+                fewer = math.ceil(mv.amount * need_t / saved)
+                if fewer < mv.amount:
+                    chosen = attempt(Move(mv.tower, "mlp", fewer))
             tried.append(chosen)
-            del trial
         if need <= 1e-9:  # only the time target is left: moves that save no modelled time are no use
             tried = [m for m in tried if m.seconds < t_now]
             if not tried:

@@ -337,3 +337,21 @@ def test_a_speedup_target_makes_the_search_prefer_what_saves_time():
     assert fast["speedup_modelled"] >= 1.4 and fast["ratio"] >= 0.2
     with pytest.raises(ValueError, match="speedup"):
         prune(_llama(), 0.2, run=lambda m: m(ids).logits, speedup=0.5)
+
+
+def test_once_only_the_time_target_is_left_the_last_mlp_move_cuts_just_enough_channels():
+    """Time proportional to FLOPs: the search stops at the first MLP width that meets the speed-up (keeping one
+    channel more would miss it), not a whole ``step`` past it."""
+    from ann.prune.latency import LatencyModel, forward_flops
+    from ann.prune.plan import prune
+
+    ids = torch.randint(0, 64, (2, 10))
+    run = lambda m: m(ids).logits  # noqa: E731
+    model = _llama()
+    flops0 = forward_flops(model, run)[0]
+    info = prune(model, 0.05, run=run, structures=("mlp",), speedup=1.25, latency=LatencyModel(1.0, 0.0, 0.0, {}))
+    per_channel = 2 * ids.numel() * 3 * 32 * 3  # gate, up and down rows of one channel, in each of the 3 layers
+    flops = forward_flops(model, run)[0]
+    assert info["speedup_modelled"] == pytest.approx(flops0 / flops) and flops0 / flops >= 1.25
+    assert flops0 / (flops + per_channel) < 1.25
+    assert info["moves"][-1]["amount"] < 6  # ceil(step * 48): the last move was sized to what was left
