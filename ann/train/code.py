@@ -11,6 +11,11 @@ global batch (HF ``labels=input_ids``). Batches: block ``perm_e[g mod n_blocks]`
 ``g = step * batch + j``, where ``perm_e`` is a permutation of the blocks drawn from ``(seed, epoch e =
 g // n_blocks)``: a pure function of the step, so a resumed or DDP run sees exactly the same data.
 
+``--teacher smollm2`` trains a *draft* for speculative decoding instead: the loss becomes
+``KL(p_SmolLM2 || p_student) + cross-entropy`` per position (:func:`ann.prune.recover.kd_loss`, both forwards
+under CPU bfloat16 autocast), so the student learns SmolLM2's distribution, which is what decides how many of its
+guesses SmolLM2 accepts (the acceptance rate is ``1 - TV(p, q)`` for sampling, Leviathan et al. 2023).
+
 Reported: bits per byte (:func:`ann.eval.lm.bits_per_byte`) on held-out ``"test"`` files, whole files taken
 in a fixed hash order until ``--eval-bytes`` (:func:`held_out_files`). Writes ``DIR/model`` (HF
 ``save_pretrained`` + SmolLM2 tokenizer), ``DIR/metrics.json`` and ``DIR/checkpoint`` (resume state).
@@ -197,6 +202,13 @@ def unigram_bits_per_byte(train_stream: torch.Tensor, tokenizer, files: Sequence
     return float(-logp[held].sum() / (torch.log(torch.tensor(2.0, dtype=torch.float64)) * n_bytes))
 
 
+def load_teacher(*, cache_dir=None):
+    """SmolLM2-135M, the ``--teacher smollm2`` model (eval mode)."""
+    from ann.models.smollm2 import load_smollm2
+
+    return load_smollm2(cache_dir=cache_dir, progress=False)[0]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(CODE_LM_PRESETS), default="tiny", help="model shape")
     p.add_argument("--out", type=Path, required=True, help="output folder (model/, metrics.json, checkpoint/)")
@@ -214,6 +226,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="cache root (default $NEUROMFM_CACHE or .cache/neuromfm)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start over even if DIR/checkpoint exists")
+    p.add_argument("--teacher", choices=("none", "smollm2"), default="none",
+                   help="smollm2: distil from SmolLM2-135M (KL + cross-entropy), e.g. to train a speculative draft")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -239,8 +253,17 @@ def run(args: argparse.Namespace) -> dict:
     val = dataclasses.replace(final, eval_bytes=args.val_bytes, split="val")
     loop = LoopConfig(steps=steps, lr=lr, warmup_steps=min(30, steps // 10), weight_decay=0.1,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    loss_fn = lm_loss
+    if args.teacher == "smollm2":
+        from ann.prune.recover import kd_loss, next_token_loss
+
+        teacher = load_teacher(cache_dir=args.cache_dir)
+        if teacher.config.vocab_size != spec.vocab_size:
+            raise ValueError(f"--teacher smollm2: its vocabulary ({teacher.config.vocab_size}) is not the preset's "
+                             f"({spec.vocab_size}); a draft must share the teacher's tokens")
+        loss_fn = kd_loss(teacher, lambda m, b: m(input_ids=b["input_ids"]).logits, bf16=True, task_loss=next_token_loss)
     result = train_loop(model, batch_fn=block_batch_fn(blocks, batch_size=batch_size, seed=args.seed),
-                        loss_fn=lm_loss, config=loop, out_dir=args.out,
+                        loss_fn=loss_fn, config=loop, out_dir=args.out,
                         evaluate=lambda m: {"val_bpb": val.evaluate(m, tok, config=corpus, progress=False)["bits_per_byte"]},
                         resume=not args.no_resume, progress=progress, desc=f"code-lm-{args.preset}")
     metrics: dict = {}
@@ -253,7 +276,9 @@ def run(args: argparse.Namespace) -> dict:
         save_pretrained_atomic(model, args.out / "model", tokenizer=tok)
         tokens_per_step = batch_size * args.seq_len
         metrics = {
-            "task": "code-lm-stdlib", "preset": args.preset, "spec": dataclasses.asdict(spec),
+            "task": "code-lm-stdlib", "preset": args.preset, "spec": dataclasses.asdict(spec), "teacher": args.teacher,
+            "objective": "KL(teacher || student) + next-token cross-entropy (bf16 autocast)" if args.teacher != "none"
+            else "next-token cross-entropy",
             "params": count_parameters(model), "train_blocks": int(blocks.shape[0]), "seq_len": args.seq_len,
             "batch_size": batch_size, "tokens_seen": steps * tokens_per_step,
             "epochs": steps * batch_size / blocks.shape[0], "loop": dataclasses.asdict(loop),

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from ann.models.code_lm import CODE_LM_PRESETS, CodeLMConfig, build_code_lm, count_parameters
 from ann.train import code as code_train
@@ -128,3 +128,27 @@ def test_run_resumes_from_checkpoint(tmp_path, monkeypatch, byte_tok):
     argv[argv.index("--steps") + 1] = "8"  # same warmup (steps // 10 = 0), so the checkpoint is compatible
     metrics = code_train.run(parser.parse_args(argv))
     assert metrics["resumed_from_step"] == 6 and metrics["loop"]["steps"] == 8
+
+
+def test_teacher_distillation_pulls_the_student_towards_the_teacher(tmp_path, monkeypatch, byte_tok):
+    """``--teacher smollm2`` (here a small random Llama over the same 259 tokens stands in for SmolLM2): after the
+    same steps, the distilled student is closer to the teacher (KL on training blocks) than the one trained on
+    cross-entropy alone."""
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=259, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(40.0)  # a random init is near-uniform (entropy 5.4 of 5.6 nats); peak it
+    monkeypatch.setattr(code_train, "load_teacher", lambda cache_dir=None: teacher)
+    kl = {}
+    for name in ("none", "smollm2"):
+        parser, argv = _cli(tmp_path / name, monkeypatch, byte_tok, steps=12)
+        metrics = code_train.run(parser.parse_args([*argv, "--teacher", name]))
+        assert metrics["teacher"] == name
+        student = AutoModelForCausalLM.from_pretrained(tmp_path / name / "out" / "model").eval()
+        x = torch.tensor([byte_tok('"""Module 3."""\n\ndef f3(x):\n    return x * 3 + 1\n')["input_ids"]])
+        with torch.no_grad():
+            t, s = teacher(x).logits.log_softmax(-1), student(x).logits.log_softmax(-1)
+        kl[name] = float((t.exp() * (t - s)).sum(-1).mean())
+    assert kl["smollm2"] < 0.85 * kl["none"]  # measured 2.47 vs 3.50 nats
+    assert "KL" in metrics["objective"]
