@@ -161,7 +161,8 @@ def speculative_generate(target: CachedLM, draft: Draft | None, prompt: Sequence
                          eos_token_id: int | None = None) -> tuple[list[int], DecodeStats]:
     """Generate up to ``max_new_tokens`` after ``prompt`` (stopping after ``eos_token_id``): greedy without
     ``sampler``, else sampled; speculative with ``draft``, plain (one target forward per token) with None.
-    ``target``: a :class:`CachedLM` (reset first; it may hold another prompt). Returns the new tokens and stats."""
+    ``target``: a :class:`CachedLM` (what it holds of another sequence is cropped away). Returns the new tokens
+    and stats."""
     if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: generate at least one token")
     if not prompt:
