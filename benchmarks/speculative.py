@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     targets = _targets(res)
     rows = [[k, r["tokens_per_second"], r["speedup"], r["identical"], r.get("acceptance_rate"), r.get("mean_draft_length"),
              r.get("cost_ratio"), r.get("predicted_speedup")] for k, r in res["methods"].items()]
-    table = format_table(["method", "tokens/s", "speedup", "identical", "acceptance a", "mean g", "cost c",
-                          "formula"], rows)
+    headers = ["method", "tokens/s", "speedup", "identical", "acceptance a", "mean g", "cost c", "formula"]
+    table = format_table(headers, rows)
     args.out.mkdir(parents=True, exist_ok=True)
     plot = _plot(res, args.out / "speculative.png")
     payload = {"benchmark": "speculative", "profile": args.profile, "seed": args.seed, "profile_settings": asdict(profile),
@@ -216,9 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
                "plot": str(plot), "wall_seconds": time.perf_counter() - t_start,
                "notes": {"formula": "our plain decoding is the formula's unit (c and the measured ratio in the plot)",
                          "speedup": "tokens/s over transformers' plain greedy generate, same prompts, same run"}}
-    md = "\n\n".join(["# benchmarks.speculative", format_table(
-        ["method", "tokens/s", "speedup", "identical", "acceptance a", "mean g", "cost c", "formula"], rows, markdown=True),
-        format_targets(targets, markdown=True)])
+    md = "\n\n".join(["# benchmarks.speculative", format_table(headers, rows, markdown=True),
+                       format_targets(targets, markdown=True)])
     write_results(args.out, "speculative", payload, markdown=md)
     print(table)
     print(format_targets(targets))

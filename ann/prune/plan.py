@@ -233,6 +233,17 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
         return float(output_distance(reference, out, distance)), lat(flops, count_blocks(m))
 
     kw = dict(run=run, criterion=criterion, loss=loss)
+
+    def attempt(mv: Move) -> Move:
+        """``mv`` tried on a copy of the model: which units go, the parameters removed, distance and time after."""
+        trial = copy.deepcopy(model)
+        chosen = _choose(trial, mv.tower, mv.structure, mv.amount, **kw)
+        before = count_params(trial)
+        _apply(trial, chosen)
+        chosen.params_removed = before - count_params(trial)
+        chosen.distance, chosen.seconds = measure(trial)
+        return chosen
+
     moves: list[Move] = []
     now, t_now = 0.0, t0
     if blocks:
@@ -274,15 +285,6 @@ def prune(model: nn.Module, ratio: float, *, run: Callable[[nn.Module], torch.Te
             if need > 1e-9:  # the capacity check above rules this out
                 raise RuntimeError(f"prune: nothing left to cut at {1 - count_params(model) / p0:.3f} removed")
             break  # the latency target is out of reach: the result reports the modelled speed-up reached
-        def attempt(mv: Move) -> Move:
-            trial = copy.deepcopy(model)
-            chosen = _choose(trial, mv.tower, mv.structure, mv.amount, **kw)
-            before = count_params(trial)
-            _apply(trial, chosen)
-            chosen.params_removed = before - count_params(trial)
-            chosen.distance, chosen.seconds = measure(trial)
-            return chosen
-
         tried = []
         for mv in cands:
             chosen = attempt(mv)

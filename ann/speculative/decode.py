@@ -182,6 +182,7 @@ def speculative_generate(target: CachedLM, draft: Draft | None, prompt: Sequence
         logits = target.logits(ids + guess, len(guess) + 1)  # (g + 1, V)
         t2 = time.perf_counter()
         new, n = _verify(logits, guess, q, sampler)
+        tested = n + (n < len(guess))  # the accepted guesses and the first rejected one
         if eos_token_id is not None and eos_token_id in new:
             new = new[: new.index(eos_token_id) + 1]
         ids += new
@@ -189,12 +190,12 @@ def speculative_generate(target: CachedLM, draft: Draft | None, prompt: Sequence
         stats.rounds += 1
         stats.guessed += len(guess)
         stats.accepted += n
-        stats.tested += n + (n < len(guess))
+        stats.tested += tested
         stats.draft_seconds += t1 - t0
         stats.target_seconds += t2 - t1
         stats.lengths.append(k)
         if draft is not None:
-            length.update(guessed=len(guess), accepted=n, tested=n + (n < len(guess)), draft_seconds=t1 - t0,
+            length.update(guessed=len(guess), accepted=n, tested=tested, draft_seconds=t1 - t0,
                           verify_seconds=t2 - t1)
         if eos_token_id is not None and new[-1] == eos_token_id:
             break
