@@ -101,6 +101,10 @@ ENTRIES: dict[str, Entry] = {
 # The code a trained model depends on: a change to any of these files changes every cache key (over-eager, but a
 # stale model is worse than a retrained one).
 CODE_PATHS = ("ann/train", "ann/models", "ann/finetune", "ann/eval", "ann/checkpoint.py", "ann/cli.py", "tasks")
+# What ``ann.train.code`` and ``ann.finetune.code`` import (lazily too): their models' narrower cache key (an entry
+# that passes these to run_entry keeps its cache through changes to other training code, e.g. the MFM's).
+CODE_LM_PATHS = ("ann/train/code.py", "ann/eval", "ann/models", "ann/checkpoint.py", "ann/prune", "ann/finetune",
+                 "tasks/code.py", "tasks/training.py", "tasks/dist.py", "tasks/io.py")
 _REPO = Path(__file__).resolve().parents[1]
 
 
@@ -114,10 +118,13 @@ def code_fingerprint(paths: tuple[str, ...] = CODE_PATHS) -> str:
     return h.hexdigest()
 
 
-def run_entry(name: str, module: str, argv: list[str], cache_dir: Path, log: Callable[[str], None]) -> tuple[Path, dict, bool]:
+def run_entry(name: str, module: str, argv: list[str], cache_dir: Path, log: Callable[[str], None], *,
+              code_paths: tuple[str, ...] = CODE_PATHS) -> tuple[Path, dict, bool]:
     """Run the entry point ``module`` (``add_arguments(parser)`` + ``run(args)``) with ``argv`` into its cache folder
-    ``cache_dir/<name>-<key>`` (or read the cached result); returns (folder, metrics, cached)."""
-    key = hashlib.sha256(json.dumps([module, argv, code_fingerprint()]).encode()).hexdigest()[:12]
+    ``cache_dir/<name>-<key>`` (or read the cached result); returns (folder, metrics, cached). The key hashes
+    ``module``, ``argv`` and the code under ``code_paths`` (default: all training code; a caller that knows what
+    its entry point imports, lazily too, may narrow it so that unrelated changes keep the cache)."""
+    key = hashlib.sha256(json.dumps([module, argv, code_fingerprint(code_paths)]).encode()).hexdigest()[:12]
     out = cache_dir / f"{name}-{key}"
     if (out / "metrics.json").is_file():
         log(f"{name}: cached ({out})")

@@ -10,7 +10,9 @@ that would follow ``ids``, and for sampling the distributions they were drawn fr
   weights (no second copy), only its module tree and config are new;
 - :class:`PromptLookupDraft`: no model at all: the tokens that followed the latest earlier occurrence of the
   context's last n-gram (n from ``max_ngram`` down to ``min_ngram``), as in prompt-lookup decoding
-  (Saxena 2023); deterministic, so its "distribution" is a point mass.
+  (Saxena 2023); deterministic, so its "distribution" is a point mass;
+- :class:`FallbackDraft`: the first of several drafts that guesses anything (prompt lookup where the context
+  repeats itself, a model draft elsewhere).
 
 :func:`check_same_tokenizer` refuses a draft whose tokenizer does not match the target's (token ids would mean
 different strings; there is no re-tokenizing mode).
@@ -28,7 +30,7 @@ from torch import nn
 
 from ann.speculative.cache import CachedLM
 
-__all__ = ["Proposal", "Draft", "Sampler", "ModelDraft", "PromptLookupDraft", "layer_skip_draft",
+__all__ = ["Proposal", "Draft", "Sampler", "ModelDraft", "PromptLookupDraft", "FallbackDraft", "layer_skip_draft",
            "check_same_tokenizer"]
 
 
@@ -106,6 +108,26 @@ class PromptLookupDraft:
             for start in range(n_ids - n - 1, -1, -1):  # latest occurrence first, never the tail itself
                 if ids[start:start + n] == tail:
                     return Proposal(ids[start + n:start + n + k])
+        return Proposal([])
+
+
+class FallbackDraft:
+    """The proposal of the first of ``drafts`` that guesses at least one token (e.g. prompt lookup, then a model
+    where no n-gram recurs); ``used[name]`` counts the rounds each one supplied."""
+
+    def __init__(self, *drafts: Draft, name: str | None = None) -> None:
+        if not drafts:
+            raise ValueError("FallbackDraft needs at least one draft")
+        self.drafts = drafts
+        self.name = name or "+".join(d.name for d in drafts)
+        self.used = {d.name: 0 for d in drafts}
+
+    def propose(self, ids: Sequence[int], k: int, sampler: Sampler | None) -> Proposal:
+        for d in self.drafts:
+            prop = d.propose(ids, k, sampler)
+            if prop.tokens:
+                self.used[d.name] += 1
+                return prop
         return Proposal([])
 
 

@@ -1,14 +1,16 @@
 """ann.speculative: the KV-cache bookkeeping, greedy identity with every draft source, rejection sampling's output
 distribution, the expected-speed-up formula and the adaptive draft length."""
 
+import copy
 import math
 
 import pytest
 import torch
 import transformers as T
 
-from ann.speculative import (CachedLM, DraftLength, ModelDraft, PromptLookupDraft, Sampler, check_same_tokenizer,
-                             expected_speedup, layer_skip_draft, speculative_generate)
+from ann.fusion import pack_linears
+from ann.speculative import (CachedLM, DraftLength, FallbackDraft, ModelDraft, PromptLookupDraft, Sampler,
+                             check_same_tokenizer, expected_speedup, layer_skip_draft, speculative_generate)
 from ann.speculative.decode import _verify
 
 
@@ -44,7 +46,7 @@ def _plain(model, prompt, n, eos=None):
     return out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("source", ["other-model", "self", "layer-skip", "prompt-lookup"])
+@pytest.mark.parametrize("source", ["other-model", "self", "layer-skip", "prompt-lookup", "fallback", "packed"])
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_greedy_speculative_decoding_gives_the_targets_own_greedy_tokens(source, adaptive):
     target = _llama(0)
@@ -59,6 +61,13 @@ def test_greedy_speculative_decoding_gives_the_targets_own_greedy_tokens(source,
         assert len(dropped) == 2 and 0 not in dropped and 3 not in dropped
         assert draft.lm.model.model.layers[0].self_attn.q_proj.weight is target.model.layers[0].self_attn.q_proj.weight
         assert len(target.model.layers) == 4  # the target keeps its blocks
+    elif source == "fallback":
+        draft = FallbackDraft(PromptLookupDraft(max_ngram=2), ModelDraft(_llama(1, layers=1), name="lm"))
+    elif source == "packed":  # target and draft with oneDNN-packed linears: tokens still the unpacked target's
+        target = copy.deepcopy(target)
+        pack_linears(target)
+        draft = ModelDraft(_llama(1, layers=1))
+        pack_linears(draft.lm.model)
     else:
         draft = PromptLookupDraft(max_ngram=2)
     got, stats = speculative_generate(CachedLM(target), draft, prompt, max_new_tokens=24,
@@ -67,6 +76,8 @@ def test_greedy_speculative_decoding_gives_the_targets_own_greedy_tokens(source,
     assert stats.new_tokens == 24 and stats.tested >= stats.accepted and stats.rounds <= 24
     if source == "self":  # the target drafting for itself is always right
         assert stats.acceptance_rate == 1.0 and stats.rounds < 24 / 2
+    if source == "fallback":  # prompt lookup where the context repeats, the model elsewhere
+        assert draft.used["prompt-lookup"] > 0 and sum(draft.used.values()) == stats.rounds - (stats.lengths[-1] == 0)
     plain, pstats = speculative_generate(CachedLM(target), None, prompt, max_new_tokens=24)
     assert plain == want and pstats.rounds == 24 and pstats.guessed == 0
 
