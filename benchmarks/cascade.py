@@ -1,0 +1,285 @@
+"""Small-to-large cascades with self-tests (issue [R]): compute saved against always using the largest tier, and
+quality lost, with thresholds chosen on validation and reported on test.
+
+Tasks and tiers (cheapest first):
+
+- ``progsynth``: generated program synthesis from input/output examples (:mod:`tasks.progsynth`); tiers: the tiny
+  and the small code LM (:mod:`ann.models.code_lm`, SmolLM2's tokenizer) trained from scratch on the task's
+  training problems, and SmolLM2-135M fine-tuned on them with LoRA (merged). A tier writes ``k`` candidates and
+  ``l`` tests of its own, runs them in :mod:`tasks.sandbox` with the prompt's examples (:mod:`ann.cascade.code`);
+  quality is pass@1 on hidden examples.
+- ``synthmed``: SynthMed-VQA with the small and the large MFM (``python -m ann.train synthmed``); self-test:
+  answer confidence, and agreement under input noise (:mod:`ann.cascade.vqa`); quality is exact-match accuracy.
+
+Every tier runs on every validation and test item once; a cascade's quality and cost then follow exactly from
+those records (:mod:`ann.cascade.policy`). Thresholds: the Pareto front over each tier's score quantiles on the
+validation split, then the cheapest point losing at most ``max_loss`` (1 point) there; the same thresholds on the
+test split give the reported figures. Cost: FLOPs (``torch.utils.flop_counter`` over the real generation) and
+measured seconds per item (generation, and for a self-test its generation and sandbox runs).
+
+Target: on at least one task, at least 40 % fewer FLOPs than always using the largest tier with at most 1 point
+of quality lost (test split). Writes ``cascade.json``, ``cascade.md`` and ``cascade.png``.
+
+Trained models are cached (:func:`benchmarks.models.run_entry`, keyed by their arguments and code). Cost on the
+2-core box: see the profile notes in :data:`PROFILES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import Target, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
+
+SAVING_TARGET, LOSS_TARGET = 0.40, 0.01
+
+
+@dataclass(frozen=True)
+class Profile:
+    problems: int  # program-synthesis problems generated (80 % train, 10 % val, 10 % test)
+    n_val: int  # progsynth validation problems used (of the split)
+    n_test: int
+    k: int  # candidates per tier
+    l: int  # self-generated tests per tier
+    lm_steps: int  # training steps of the tiny / small code LMs
+    lora_steps: int  # LoRA steps of SmolLM2
+    max_loss: float = LOSS_TARGET
+
+
+PROFILES = {
+    "quick": Profile(problems=4000, n_val=60, n_test=100, k=3, l=3, lm_steps=300, lora_steps=100),
+    "full": Profile(problems=4000, n_val=300, n_test=388, k=8, l=8, lm_steps=1500, lora_steps=400),
+}
+
+
+def _tier_models(profile: Profile, root: Path, cache_dir: Path, log) -> dict[str, Path]:
+    from benchmarks.models import CODE_LM_PATHS, run_entry
+
+    common = ["--corpus-root", str(root), "--seq-len", "256", "--eval-bytes", "20000", "--quiet"]
+    out = {}
+    for preset in ("tiny", "small"):
+        folder, m, _ = run_entry(f"progsynth-{preset}", "ann.train.code",
+                                 ["--preset", preset, "--steps", str(profile.lm_steps), "--batch-size", "8", "--lr", "3e-3",
+                                  *common], cache_dir, log, code_paths=(*CODE_LM_PATHS, "tasks/progsynth.py"))
+        log(f"progsynth-{preset}: {m['params']} parameters, held-out {m['test_bits_per_byte']:.3f} bits/byte")
+        out[f"code-lm-{preset}"] = folder / "model"
+    folder, m, _ = run_entry("progsynth-smollm2", "ann.finetune.code",
+                             ["--steps", str(profile.lora_steps), "--batch-size", "4", "--save-merged", *common],
+                             cache_dir, log, code_paths=(*CODE_LM_PATHS, "tasks/progsynth.py"))
+    log(f"progsynth-smollm2 (LoRA): held-out {m['bits_per_byte_before']:.3f} -> {m['bits_per_byte_after']:.3f} bits/byte")
+    out["smollm2-lora"] = folder / "model"
+    return out
+
+
+def _progsynth(profile: Profile, seed: int, cache_dir: Path, log) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ann.cascade.code import code_tier, progsynth_task
+    from tasks import progsynth as ps
+    from tasks.sandbox import Sandbox, SandboxConfig
+
+    problems = ps.generate_problems(profile.problems, seed=seed)
+    root = ps.write_corpus(ps.split_problems(problems, "train"), cache_dir / f"progsynth-corpus-{profile.problems}-{seed}")
+    models = _tier_models(profile, root, cache_dir, log)
+    splits = {"val": ps.split_problems(problems, "val")[:profile.n_val], "test": ps.split_problems(problems, "test")[:profile.n_test]}
+    sandbox = Sandbox(config=SandboxConfig(wall_time_s=5.0, cpu_time_s=5.0, memory_mb=256))
+    tiers: dict[str, dict] = {s: {} for s in splits}
+    for name, path in models.items():
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        for split, probs in splits.items():
+            t0 = time.perf_counter()
+            tested, greedy, _ = code_tier(name, model, tok, [progsynth_task(p) for p in probs], k=profile.k, l=profile.l,
+                                          sandbox=sandbox, seed=seed)
+            tiers[split][name] = (tested, greedy)
+            log(f"progsynth {name} {split}: pass@1 {greedy.quality.mean():.3f}, chosen of k={profile.k} "
+                f"{tested.quality.mean():.3f}, {time.perf_counter() - t0:.0f} s")
+    depth = {s: [p.depth for p in probs] for s, probs in splits.items()}
+    return _cascade("progsynth", tiers, profile.max_loss, extra={"depth": depth, "problems": profile.problems})
+
+
+def _synthmed(seed: int, cache_dir: Path, log, small: Path | None, large: Path | None) -> dict:
+    import ann.models.mfm  # noqa: F401  (registers the MFM with transformers' Auto classes)
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from ann.cascade.vqa import vqa_tier
+    from ann.train.vqa import encode_vqa
+    from benchmarks.models import ENTRIES, run_entry
+    from tasks.synthmed import SynthMedConfig, load_synthmed
+    from tasks.io import read_json
+
+    folders = {}
+    for size, given in (("small", small), ("large", large)):
+        if given is None:
+            e = ENTRIES[f"mfm-{size}"]
+            given, _, _ = run_entry(f"mfm-{size}", e.module, e.argv("full", {}), cache_dir, log)
+        folders[f"mfm-{size}"] = Path(given)
+    tiers: dict[str, dict] = {"val": {}, "test": {}}
+    for name, folder in folders.items():
+        m = read_json(folder / "metrics.json", what=f"{name} metrics")
+        cfg = SynthMedConfig(**{k: m["data"][k] for k in ("n_train", "n_val", "n_test", "noise_std", "texture_std", "seed")})
+        mfm = AutoModelForImageTextToText.from_pretrained(folder / "model").eval()
+        tok = AutoTokenizer.from_pretrained(folder / "model")
+        for split in tiers:
+            data = encode_vqa(load_synthmed(split, cfg), tok, mfm.num_visual_tokens)
+            tested, raw = vqa_tier(name, mfm, tok, data, seed=seed)
+            greedy = type(tested)(name, tested.quality, np.full(len(tested), np.nan), tested.flops, tested.seconds,
+                                  np.zeros(len(tested)), np.zeros(len(tested)))
+            tiers[split][name] = (tested, greedy)
+            log(f"synthmed {name} {split}: accuracy {tested.quality.mean():.3f}, consistent {np.mean(raw['agree']):.3f}")
+    return _cascade("synthmed", tiers, LOSS_TARGET, extra={"models": {k: str(v) for k, v in folders.items()}})
+
+
+def _cascade(task: str, tiers: dict[str, dict], max_loss: float, *, extra: dict) -> dict:
+    """Search thresholds on val, report on test: every tier but the last self-tests, the last answers greedily."""
+    from ann.cascade import choose, evaluate, pareto_search
+
+    names = list(tiers["val"])
+
+    def chain(split: str, use: list[str]) -> list:
+        return [tiers[split][n][0] for n in use[:-1]] + [tiers[split][use[-1]][1]]
+
+    largest = {s: tiers[s][names[-1]][1] for s in tiers}
+    ref = {s: {"quality": float(largest[s].quality.mean()), "flops": float(largest[s].flops.mean()),
+               "seconds": float(largest[s].seconds.mean())} for s in tiers}
+    per_tier = {n: {s: {"pass@1" if task == "progsynth" else "accuracy": float(tiers[s][n][1].quality.mean()),
+                        "selftested_quality": float(tiers[s][n][0].quality.mean()),
+                        "flops": float(tiers[s][n][1].flops.mean()), "seconds": float(tiers[s][n][1].seconds.mean()),
+                        "selftest_flops": float(tiers[s][n][0].test_flops.mean() + tiers[s][n][0].flops.mean()
+                                                - tiers[s][n][1].flops.mean()),
+                        "selftest_seconds": float(tiers[s][n][0].test_seconds.mean() + tiers[s][n][0].seconds.mean()
+                                                  - tiers[s][n][1].seconds.mean())}
+                    for s in tiers} for n in names}
+    cascades = {}
+    for r in range(1, len(names)):  # every chain ending at the largest tier: the largest plus r cheaper ones
+        for use in [names[:r] + [names[-1]]] + ([names[r - 1:r] + [names[-1]]] if r > 1 else []):
+            key = " -> ".join(use)
+            if key in cascades:
+                continue
+            front = pareto_search(chain("val", use))
+            pick = choose(front, reference_quality=ref["val"]["quality"], max_loss=max_loss)
+            test = evaluate(chain("test", use), pick["thresholds"])
+            test_front = [evaluate(chain("test", use), p["thresholds"]) for p in front]
+            cascades[key] = {
+                "tiers": use, "val": pick, "val_front": front, "test": test, "test_front": test_front,
+                "flops_saved": 1 - test["flops"] / ref["test"]["flops"],
+                "seconds_saved": 1 - test["seconds"] / ref["test"]["seconds"],
+                "quality_lost": ref["test"]["quality"] - test["quality"]}
+    best = max(cascades, key=lambda k: (cascades[k]["quality_lost"] <= max_loss + 1e-12, cascades[k]["flops_saved"]))
+    return {"task": task, "tiers": names, "per_tier": per_tier, "largest": ref, "cascades": cascades, "best": best,
+            "items": {s: len(largest[s]) for s in tiers}, **extra}
+
+
+def _finite(obj):
+    """``obj`` with every non-finite float as None (a threshold of +inf: the tier never stops), for strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _targets(results: dict[str, dict]) -> list[Target]:
+    out = []
+    for task, r in results.items():
+        c = r["cascades"][r["best"]]
+        out.append(Target(f"{task}_flops_saved", c["flops_saved"],
+                          f">= {SAVING_TARGET:.0%} fewer FLOPs than always {r['tiers'][-1]} ({r['best']})",
+                          c["flops_saved"] >= SAVING_TARGET))
+        out.append(Target(f"{task}_quality_lost", c["quality_lost"], f"<= {LOSS_TARGET} ({r['best']}, test split)",
+                          c["quality_lost"] <= LOSS_TARGET + 1e-12))
+    met = [t for i, t in enumerate(out[::2]) if t.met and out[2 * i + 1].met]
+    out.append(Target("cascade_any_task", float(len(met)), ">= 1 task with both targets met", bool(met)))
+    return out
+
+
+def _plot(results: dict[str, dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    for ax, (task, r) in zip(axes[0], results.items()):
+        ref = r["largest"]["test"]
+        for key, c in r["cascades"].items():
+            pts = sorted((p["flops"] / ref["flops"], p["quality"]) for p in c["test_front"])
+            line, = ax.plot(*zip(*pts), marker=".", lw=1, label=f"{key} (val front, on test)")
+            ax.scatter([c["test"]["flops"] / ref["flops"]], [c["test"]["quality"]], s=80, marker="*",
+                       color=line.get_color(), zorder=3)
+        for n in r["tiers"]:
+            t = r["per_tier"][n]["test"]
+            ax.scatter([t["flops"] / ref["flops"]], [t["pass@1" if task == "progsynth" else "accuracy"]], marker="s",
+                       color="0.3")
+            ax.annotate(n, (t["flops"] / ref["flops"], t["pass@1" if task == "progsynth" else "accuracy"]), fontsize=7)
+        ax.axhline(ref["quality"] - LOSS_TARGET, color="tab:red", ls="--", lw=1, label="largest tier - 1 pt")
+        ax.axvline(1 - SAVING_TARGET, color="tab:red", ls=":", lw=1, label="40 % fewer FLOPs")
+        ax.set_xscale("log")
+        ax.set_xlabel("FLOPs per item / always the largest tier")
+        ax.set_ylabel("test quality")
+        ax.set_title(f"{task} (stars: thresholds chosen on val)", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cascade", description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/models"),
+                   help="trained models (benchmarks.models' cache; tiers are trained there on first use)")
+    p.add_argument("--only", choices=("progsynth", "synthmed"), default=None, help="run one task")
+    p.add_argument("--mfm-small", type=Path, default=None, help="a trained small MFM folder (default: train/cache one)")
+    p.add_argument("--mfm-large", type=Path, default=None, help="a trained large MFM folder (default: train/cache one)")
+    args = p.parse_args(argv)
+    for given in (args.mfm_small, args.mfm_large):
+        if given is not None and not (given / "model").is_dir():
+            p.error(f"{given}: not a trained MFM folder (no model/ inside); give the --out folder of "
+                    "python -m ann.train synthmed")
+    profile = PROFILES[args.profile]
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[cascade {time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
+
+    torch.manual_seed(args.seed)
+    results: dict[str, dict] = {}
+    if args.only in (None, "synthmed"):
+        results["synthmed"] = _synthmed(args.seed, args.cache_dir, log, args.mfm_small, args.mfm_large)
+    if args.only in (None, "progsynth"):
+        results["progsynth"] = _progsynth(profile, args.seed, args.cache_dir, log)
+    targets = _targets(results)
+    headers = ["task", "cascade", "thresholds (inf: never stops)", "stops", "test quality", "largest", "lost", "FLOPs saved", "seconds saved"]
+    rows = [[t, k, c["test"]["thresholds"], c["test"]["stops"], c["test"]["quality"], r["largest"]["test"]["quality"],
+             c["quality_lost"], c["flops_saved"], c["seconds_saved"]] for t, r in results.items() for k, c in r["cascades"].items()]
+    tier_headers = ["task", "tier", "test quality (pass@1 / accuracy)", "k-candidate self-tested", "FLOPs/item", "s/item",
+                    "self-test FLOPs", "self-test s"]
+    tier_rows = [[t, n, x["test"].get("pass@1", x["test"].get("accuracy")), x["test"]["selftested_quality"],
+                  x["test"]["flops"], x["test"]["seconds"], x["test"]["selftest_flops"], x["test"]["selftest_seconds"]]
+                 for t, r in results.items() for n, x in r["per_tier"].items()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot = _plot(results, args.out / "cascade.png")
+    payload = {"benchmark": "cascade", "profile": args.profile, "seed": args.seed, "profile_settings": asdict(profile),
+               "machine": machine_info(), "torch_threads": torch.get_num_threads(),
+               "versions": versions("torch", "transformers"), "tasks": _finite(results),
+               "targets": [t.to_dict() for t in targets], "plot": str(plot), "wall_seconds": time.perf_counter() - t_start}
+    md = "\n\n".join(["# benchmarks.cascade", format_table(tier_headers, tier_rows, markdown=True),
+                      format_table(headers, rows, markdown=True), format_targets(targets, markdown=True)])
+    write_results(args.out, "cascade", payload, markdown=md)
+    print(format_table(tier_headers, tier_rows))
+    print(format_table(headers, rows))
+    print(format_targets(targets))
+    return json.loads(json.dumps(payload))
+
+
+if __name__ == "__main__":
+    main()
