@@ -33,7 +33,7 @@ def test_rows_cache_and_a_failing_entry(tmp_path, monkeypatch):
     assert "needs" in first["errors"]["needs-broken"]
     again = bm.main(argv)
     assert again["rows"][0]["cached"] is True and again["rows"][0]["value"] == row["value"]
-    monkeypatch.setattr(bm, "code_fingerprint", lambda: "the training code changed")
+    monkeypatch.setattr(bm, "code_fingerprint", lambda paths=bm.CODE_PATHS: "the training code changed")
     assert bm.main([*argv, "--only", "mfm-small"])["rows"][0]["cached"] is False  # changed code retrains
     saved = json.loads((tmp_path / "res" / "models.json").read_text())
     assert saved["rows"][0]["model"] == "mfm-small" and "targets" in saved
