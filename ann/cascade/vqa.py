@@ -25,7 +25,7 @@ from torch import nn
 
 from ann.cascade.policy import TierRun
 from ann.prune.latency import forward_flops
-from ann.train.vqa import VQATensors, _sequence_logits, image_features  # _sequence_logits: the training's own forward
+from ann.train.vqa import VQATensors, greedy_answers, image_features
 
 __all__ = ["MFMAnswers", "mfm_answers", "vqa_tier"]
 
@@ -38,30 +38,6 @@ class MFMAnswers:
     confidence: np.ndarray
     flops: np.ndarray
     seconds: np.ndarray
-
-
-@torch.no_grad()
-def _decode(mfm: nn.Module, tokenizer, feats: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-            max_new_tokens: int) -> tuple[list[str], torch.Tensor]:
-    n = ids.shape[0]
-    done = torch.zeros(n, dtype=torch.bool)
-    conf = torch.ones(n, dtype=torch.float64)
-    gen: list[list[int]] = [[] for _ in range(n)]
-    for _ in range(max_new_tokens):
-        probs = torch.softmax(_sequence_logits(mfm, feats, ids, mask)[:, -1].double(), -1)  # (n, vocab)
-        p, nxt = probs.max(-1)
-        conf = torch.where(done, conf, conf * p)
-        for i in torch.nonzero(~done).flatten().tolist():
-            if int(nxt[i]) == tokenizer.eos_token_id:
-                done[i] = True
-            else:
-                gen[i].append(int(nxt[i]))
-        if bool(done.all()):
-            break
-        ids = torch.cat([ids, nxt[:, None]], 1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-    texts = [tokenizer.decode(g) if d else tokenizer.decode(g) + " <no-eos>" for g, d in zip(gen, done.tolist())]
-    return texts, torch.where(done, conf, torch.zeros_like(conf))  # no <eos>: not an answer, confidence 0
 
 
 def mfm_answers(mfm: nn.Module, tokenizer, data: VQATensors, *, images: torch.Tensor | None = None,
@@ -79,7 +55,8 @@ def mfm_answers(mfm: nn.Module, tokenizer, data: VQATensors, *, images: torch.Te
 
         def run(m: nn.Module):
             feats = image_features(m, images[torch.from_numpy(imgs)]).repeat_interleave(q, dim=0)  # (n, V, Dt)
-            return _decode(m, tokenizer, feats, data.prompt_ids[samples], data.prompt_mask[samples], max_new_tokens)
+            return greedy_answers(m, tokenizer, feats, data.prompt_ids[samples], data.prompt_mask[samples],
+                                  max_new_tokens)
 
         t0 = time.perf_counter()
         with torch.no_grad():

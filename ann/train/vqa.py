@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 from tasks.dist import shard, DistInfo
 from tasks.synthmed import ANSWER_VOCAB, QUESTION_TEMPLATES, QuestionType, SynthMedSplit
 
-__all__ = ["VQATensors", "encode_vqa", "AnswerProbe", "VQAObjective", "image_features", "vqa_batch_fn", "predict_answers",
+__all__ = ["VQATensors", "encode_vqa", "AnswerProbe", "VQAObjective", "image_features", "vqa_batch_fn", "greedy_answers",
+           "predict_answers",
            "evaluate_mfm", "evaluate_probe", "answer_accuracy", "answer_slot_logits", "target_logits"]
 
 _IGNORE = -100
@@ -217,9 +218,36 @@ def vqa_batch_fn(data: VQATensors, *, images_per_batch: int, seed: int, vision_s
 
 
 @torch.no_grad()
+def greedy_answers(mfm: nn.Module, tokenizer, feats: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                   max_new_tokens: int = 3) -> tuple[list[str], torch.Tensor]:
+    """Greedy answers (words up to ``<eos>``; ``" <no-eos>"`` appended when none came) of left-padded prompts
+    ``ids``/``mask`` whose ``<image>`` slots hold ``feats`` (N, V, Dt), and each answer's confidence: the product of
+    its chosen tokens' probabilities, ``<eos>`` included (0 without ``<eos>``)."""
+    n = ids.shape[0]
+    done = torch.zeros(n, dtype=torch.bool)
+    conf = torch.ones(n, dtype=torch.float64)
+    gen: list[list[int]] = [[] for _ in range(n)]
+    for _ in range(max_new_tokens):
+        probs = torch.softmax(_sequence_logits(mfm, feats, ids, mask)[:, -1].double(), -1)  # (n, vocab)
+        p, nxt = probs.max(-1)
+        conf = torch.where(done, conf, conf * p)
+        for i in torch.nonzero(~done).flatten().tolist():
+            if int(nxt[i]) == tokenizer.eos_token_id:
+                done[i] = True
+            else:
+                gen[i].append(int(nxt[i]))
+        if bool(done.all()):
+            break
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    texts = [tokenizer.decode(g) if d else tokenizer.decode(g) + " <no-eos>" for g, d in zip(gen, done.tolist())]
+    return texts, torch.where(done, conf, torch.zeros_like(conf))
+
+
+@torch.no_grad()
 def predict_answers(mfm: nn.Module, tokenizer, data: VQATensors, *, images_per_batch: int = 128,
                     max_new_tokens: int = 3, progress: bool = False) -> list[str]:
-    """Greedy-decode every sample's answer (words up to ``<eos>``)."""
+    """Greedy-decode every sample's answer (words up to ``<eos>``, :func:`greedy_answers`)."""
     mfm.eval()
     out: list[str | None] = [None] * len(data.answers)
     M = data.by_image.shape[0]
@@ -228,23 +256,10 @@ def predict_answers(mfm: nn.Module, tokenizer, data: VQATensors, *, images_per_b
         samples = torch.from_numpy(data.by_image[imgs].reshape(-1))
         feats = image_features(mfm, data.images[torch.from_numpy(imgs)])
         feats = feats.repeat_interleave(data.by_image.shape[1], dim=0)  # (N, V, Dt)
-        ids, mask = data.prompt_ids[samples], data.prompt_mask[samples]
-        done = torch.zeros(len(samples), dtype=torch.bool)
-        gen: list[list[int]] = [[] for _ in range(len(samples))]
-        for _ in range(max_new_tokens):
-            logits = _sequence_logits(mfm, feats, ids, mask)[:, -1]  # (N, vocab)
-            nxt = logits.argmax(-1)
-            for i in torch.nonzero(~done).flatten().tolist():
-                if int(nxt[i]) == tokenizer.eos_token_id:
-                    done[i] = True
-                else:
-                    gen[i].append(int(nxt[i]))
-            if bool(done.all()):
-                break
-            ids = torch.cat([ids, nxt[:, None]], 1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        texts, _ = greedy_answers(mfm, tokenizer, feats, data.prompt_ids[samples], data.prompt_mask[samples],
+                                  max_new_tokens)
         for i, n in enumerate(samples.tolist()):
-            out[n] = tokenizer.decode(gen[i]) if done[i] else tokenizer.decode(gen[i]) + " <no-eos>"
+            out[n] = texts[i]
     return [o if o is not None else "" for o in out]
 
 
