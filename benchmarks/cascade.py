@@ -50,14 +50,19 @@ class Profile:
     n_test: int
     k: int  # candidates per tier
     l: int  # self-generated tests per tier
-    lm_steps: int  # training steps of the tiny / small code LMs
+    lm_steps: int  # training steps of the code LMs trained from scratch
+    lm_presets: tuple[str, ...]  # which code LMs (ann.models.code_lm presets) are tiers, cheapest first
     lora_steps: int  # LoRA steps of SmolLM2
+    humaneval: int  # HumanEval problems per split (val: even-numbered, test: odd-numbered; 82 each at most)
+    humaneval_tokens: int  # new tokens per HumanEval completion at most
     max_loss: float = LOSS_TARGET
 
 
 PROFILES = {
-    "quick": Profile(problems=4000, n_val=60, n_test=100, k=3, l=3, lm_steps=300, lora_steps=100),
-    "full": Profile(problems=4000, n_val=300, n_test=388, k=8, l=8, lm_steps=1500, lora_steps=400),
+    "quick": Profile(problems=4000, n_val=60, n_test=100, k=3, l=3, lm_steps=1200, lm_presets=("tiny",), lora_steps=100,
+                     humaneval=20, humaneval_tokens=128),
+    "full": Profile(problems=4000, n_val=300, n_test=358, k=8, l=8, lm_steps=3000, lm_presets=("tiny", "small"),
+                    lora_steps=400, humaneval=82, humaneval_tokens=256),
 }
 
 
@@ -66,7 +71,7 @@ def _tier_models(profile: Profile, root: Path, cache_dir: Path, log) -> dict[str
 
     common = ["--corpus-root", str(root), "--seq-len", "256", "--eval-bytes", "20000", "--quiet"]
     out = {}
-    for preset in ("tiny", "small"):
+    for preset in profile.lm_presets:
         folder, m, _ = run_entry(f"progsynth-{preset}", "ann.train.code",
                                  ["--preset", preset, "--steps", str(profile.lm_steps), "--batch-size", "8", "--lr", "3e-3",
                                   *common], cache_dir, log, code_paths=(*CODE_LM_PATHS, "tasks/progsynth.py"))
@@ -80,31 +85,83 @@ def _tier_models(profile: Profile, root: Path, cache_dir: Path, log) -> dict[str
     return out
 
 
-def _progsynth(profile: Profile, seed: int, cache_dir: Path, log) -> dict:
+def _load_tier(path: Path | None, log) -> tuple[torch.nn.Module, object]:
+    """A causal LM tier (``path``: a saved model folder; None: SmolLM2-135M-Instruct), FLOPs per token counted, then
+    its linears packed for oneDNN (:func:`ann.fusion.pack_linears`: same outputs to fp32 rounding, faster)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ann.cascade.code import code_tier, progsynth_task
-    from tasks import progsynth as ps
+    from ann.cascade.code import token_flops
+    from ann.fusion import pack_linears, packing_available
+    from ann.models.smollm2 import load_smollm2
+
+    if path is None:
+        model, tok = load_smollm2()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(path)
+    token_flops(model)  # before packing: the FLOP counter sees nn.Linear
+    if packing_available():
+        pack_linears(model)
+    else:
+        log("no oneDNN in this torch build: tiers run with stock linears (seconds are higher, FLOPs the same)")
+    return model, tok
+
+
+def _code_tiers(task: str, models: dict[str, Path | None], splits: dict[str, list], profile: Profile, seed: int, log,
+                *, max_new_tokens: int) -> dict[str, dict]:
+    """Every tier on every split: tiers but the last with ``k`` candidates and ``l`` own tests, the last (the
+    reference, "always the largest tier") greedy only."""
+    from ann.cascade.code import code_tier
     from tasks.sandbox import Sandbox, SandboxConfig
+
+    sandbox = Sandbox(config=SandboxConfig(wall_time_s=5.0, cpu_time_s=5.0, memory_mb=256))
+    tiers: dict[str, dict] = {s: {} for s in splits}
+    names = list(models)
+    for name, path in models.items():
+        model, tok = _load_tier(path, log)
+        k, l = (profile.k, profile.l) if name != names[-1] else (1, 0)
+        for split, tasks in splits.items():
+            t0 = time.perf_counter()
+            tested, greedy, _ = code_tier(name, model, tok, tasks, k=k, l=l, sandbox=sandbox, seed=seed,
+                                          max_new_tokens=max_new_tokens)
+            tiers[split][name] = (tested, greedy)
+            log(f"{task} {name} {split}: pass@1 {greedy.quality.mean():.3f}, chosen of k={k} "
+                f"{tested.quality.mean():.3f}, {time.perf_counter() - t0:.0f} s")
+        del model
+    return tiers
+
+
+def _progsynth(profile: Profile, seed: int, cache_dir: Path, log) -> dict:
+    from ann.cascade.code import progsynth_task
+    from tasks import progsynth as ps
 
     problems = ps.generate_problems(profile.problems, seed=seed)
     root = ps.write_corpus(ps.split_problems(problems, "train"), cache_dir / f"progsynth-corpus-{profile.problems}-{seed}")
     models = _tier_models(profile, root, cache_dir, log)
-    splits = {"val": ps.split_problems(problems, "val")[:profile.n_val], "test": ps.split_problems(problems, "test")[:profile.n_test]}
-    sandbox = Sandbox(config=SandboxConfig(wall_time_s=5.0, cpu_time_s=5.0, memory_mb=256))
-    tiers: dict[str, dict] = {s: {} for s in splits}
-    for name, path in models.items():
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        for split, probs in splits.items():
-            t0 = time.perf_counter()
-            tested, greedy, _ = code_tier(name, model, tok, [progsynth_task(p) for p in probs], k=profile.k, l=profile.l,
-                                          sandbox=sandbox, seed=seed)
-            tiers[split][name] = (tested, greedy)
-            log(f"progsynth {name} {split}: pass@1 {greedy.quality.mean():.3f}, chosen of k={profile.k} "
-                f"{tested.quality.mean():.3f}, {time.perf_counter() - t0:.0f} s")
-    depth = {s: [p.depth for p in probs] for s, probs in splits.items()}
+    probs = {"val": ps.split_problems(problems, "val")[:profile.n_val], "test": ps.split_problems(problems, "test")[:profile.n_test]}
+    splits = {s: [progsynth_task(p) for p in ps_] for s, ps_ in probs.items()}
+    tiers = _code_tiers("progsynth", models, splits, profile, seed, log, max_new_tokens=40)
+    depth = {s: [p.depth for p in ps_] for s, ps_ in probs.items()}
     return _cascade("progsynth", tiers, profile.max_loss, extra={"depth": depth, "problems": profile.problems})
+
+
+def _humaneval(profile: Profile, seed: int, cache_dir: Path, log) -> dict:
+    """HumanEval through the sandbox: the tiny code LM trained on the standard library (benchmarks.models'
+    ``code-lm-tiny``), then SmolLM2-135M-Instruct. Validation: even-numbered problems, test: odd-numbered ones."""
+    from ann.cascade.code import humaneval_task
+    from benchmarks.models import ENTRIES, run_entry
+    from tasks.code import load_humaneval
+
+    e = ENTRIES["code-lm-tiny"]
+    folder, m, _ = run_entry("code-lm-tiny", e.module, e.argv("full", {}), cache_dir, log)
+    log(f"code-lm-tiny (stdlib): held-out {m['test_bits_per_byte']:.3f} bits/byte")
+    problems = load_humaneval()
+    splits = {"val": [humaneval_task(p) for p in problems[0::2][:profile.humaneval]],
+              "test": [humaneval_task(p) for p in problems[1::2][:profile.humaneval]]}
+    tiers = _code_tiers("humaneval", {"code-lm-tiny": folder / "model", "smollm2": None}, splits, profile, seed, log,
+                        max_new_tokens=profile.humaneval_tokens)
+    return _cascade("humaneval", tiers, profile.max_loss,
+                    extra={"problems": {s: [t.name for t in ts] for s, ts in splits.items()}})
 
 
 def _synthmed(seed: int, cache_dir: Path, log, small: Path | None, large: Path | None) -> dict:
@@ -151,7 +208,7 @@ def _cascade(task: str, tiers: dict[str, dict], max_loss: float, *, extra: dict)
     largest = {s: tiers[s][names[-1]][1] for s in tiers}
     ref = {s: {"quality": float(largest[s].quality.mean()), "flops": float(largest[s].flops.mean()),
                "seconds": float(largest[s].seconds.mean())} for s in tiers}
-    per_tier = {n: {s: {"pass@1" if task == "progsynth" else "accuracy": float(tiers[s][n][1].quality.mean()),
+    per_tier = {n: {s: {"pass@1" if task != "synthmed" else "accuracy": float(tiers[s][n][1].quality.mean()),
                         "selftested_quality": float(tiers[s][n][0].quality.mean()),
                         "flops": float(tiers[s][n][1].flops.mean()), "seconds": float(tiers[s][n][1].seconds.mean()),
                         "selftest_flops": float(tiers[s][n][0].test_flops.mean() + tiers[s][n][0].flops.mean()
@@ -220,9 +277,9 @@ def _plot(results: dict[str, dict], path: Path) -> Path:
                        color=line.get_color(), zorder=3)
         for n in r["tiers"]:
             t = r["per_tier"][n]["test"]
-            ax.scatter([t["flops"] / ref["flops"]], [t["pass@1" if task == "progsynth" else "accuracy"]], marker="s",
+            ax.scatter([t["flops"] / ref["flops"]], [t["pass@1" if task != "synthmed" else "accuracy"]], marker="s",
                        color="0.3")
-            ax.annotate(n, (t["flops"] / ref["flops"], t["pass@1" if task == "progsynth" else "accuracy"]), fontsize=7)
+            ax.annotate(n, (t["flops"] / ref["flops"], t["pass@1" if task != "synthmed" else "accuracy"]), fontsize=7)
         ax.axhline(ref["quality"] - LOSS_TARGET, color="tab:red", ls="--", lw=1, label="largest tier - 1 pt")
         ax.axvline(1 - SAVING_TARGET, color="tab:red", ls=":", lw=1, label="40 % fewer FLOPs")
         ax.set_xscale("log")
@@ -239,7 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
     add_common_args(p)
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/models"),
                    help="trained models (benchmarks.models' cache; tiers are trained there on first use)")
-    p.add_argument("--only", choices=("progsynth", "synthmed"), default=None, help="run one task")
+    p.add_argument("--only", nargs="+", choices=("synthmed", "progsynth", "humaneval"), default=None,
+                   help="run only these tasks (default: all)")
     p.add_argument("--mfm-small", type=Path, default=None, help="a trained small MFM folder (default: train/cache one)")
     p.add_argument("--mfm-large", type=Path, default=None, help="a trained large MFM folder (default: train/cache one)")
     args = p.parse_args(argv)
@@ -255,10 +313,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(args.seed)
     results: dict[str, dict] = {}
-    if args.only in (None, "synthmed"):
+    if args.only is None or "synthmed" in args.only:
         results["synthmed"] = _synthmed(args.seed, args.cache_dir, log, args.mfm_small, args.mfm_large)
-    if args.only in (None, "progsynth"):
+    if args.only is None or "progsynth" in args.only:
         results["progsynth"] = _progsynth(profile, args.seed, args.cache_dir, log)
+    if args.only is None or "humaneval" in args.only:
+        results["humaneval"] = _humaneval(profile, args.seed, args.cache_dir, log)
     targets = _targets(results)
     headers = ["task", "cascade", "thresholds (inf: never stops)", "stops", "test quality", "largest", "lost", "FLOPs saved", "seconds saved"]
     rows = [[t, k, c["test"]["thresholds"], c["test"]["stops"], c["test"]["quality"], r["largest"]["test"]["quality"],

@@ -2,12 +2,14 @@ r"""Generated program synthesis: write ``f`` from input/output examples (issue [
 
 Every problem is a Python function of one argument ``x`` (an integer, or a list of integers) built by composing
 1 to 3 primitives (``x * 3``, ``x % 4``, ``sorted(x)``, ``[v + 2 for v in x]``, ``sum(x)``, ...; :data:`PRIMITIVES`).
-Deeper compositions are harder, so model sizes separate. The prompt shows ``n_shown`` examples as comments and the
-function head; the answer is the expression after ``return``::
+Deeper compositions are harder, so model sizes separate. The prompt shows ``n_shown`` examples as comments (4 by
+default: with 3, a wrong program passes them more often) and the function head; the answer is the expression after
+``return``::
 
     # f(3) == 10
     # f(-1) == -2
     # f(0) == 1
+    # f(5) == 16
     def f(x):
         return x * 3 + 1
 
@@ -105,7 +107,7 @@ def _function(expr: str):
 _PROBES = {k: _inputs(random.Random(k), k, 12) for k in (INT, LIST)}
 
 
-def generate_problems(n: int, *, seed: int = 0, n_shown: int = 3, n_hidden: int = 5) -> list[Problem]:
+def generate_problems(n: int, *, seed: int = 0, n_shown: int = 4, n_hidden: int = 5) -> list[Problem]:
     """``n`` distinct problems (by behaviour), in generation order; depth 1, 2, 3 drawn with odds 1 : 2 : 1 (there
     are only about a hundred depth-1 behaviours, so late problems are mostly deeper). Problems whose examples do not tell them apart from the identity
     (``f(x) == x`` on every example) are skipped."""

@@ -89,11 +89,46 @@ def test_code_tiers_on_generated_program_synthesis_end_to_end(sandbox):
     assert np.all(np.isnan(greedy.score)) and np.all((tested.score >= 0) & (tested.score <= 1))
     assert all(len(r["candidates"]) == 3 for r in records)
     assert tested.quality.sum() == 0  # a random network writes no correct program
+    # the greedy candidate (from the shared prompt cache) is plain greedy generate's, and its FLOPs (tokens fed x
+    # per-token FLOPs) are what torch's counter finds over that generate, to the attention's share
+    from ann.prune.latency import forward_flops
+
+    ids = tok(tasks[0].prompt, return_tensors="pt")["input_ids"]
+    flops, out = forward_flops(model, lambda m: m.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                                           max_new_tokens=6, pad_token_id=tok.eos_token_id,
+                                                           stop_strings=["\n"], tokenizer=tok))
+    plain = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
+    assert records[0]["candidates"][0] == plain
+    assert greedy.flops[0] == pytest.approx(flops, rel=0.02)
     # the reference solution as a task's completion passes its shown examples and hidden tests in the sandbox
     for p, t in zip(problems, tasks):
         program = t.program(f" {p.expr}")
         assert count_passed(sandbox, program, t.shown_tests) == [1] * len(t.shown_tests)
         assert sandbox.run(program, t.hidden_tests).passed
+
+
+def test_humaneval_tasks_show_the_docstring_examples_and_grade_with_check(sandbox):
+    from ann.cascade.code import doctest_assertions, humaneval_task
+    from tasks.code import load_humaneval
+
+    doc = """    >>> f([1, 2])
+    3
+    f(4) ==> 5
+    f(n) = f(n-1) + 1
+    g(2) == 2
+    >>> f(x)
+    """
+    assert doctest_assertions(doc, "f") == ("assert f([1, 2]) == 3", "assert f(4) == 5")  # no recurrence, no g, no x
+    problems = load_humaneval()
+    for p in (problems[0], problems[12], problems[30]):
+        t = humaneval_task(p)
+        assert t.shown_tests, p.task_id
+        right, wrong = t.program(p.canonical_solution), t.program("    return None\n")
+        assert count_passed(sandbox, right, t.shown_tests) == [1] * len(t.shown_tests)
+        assert sandbox.run(right, t.hidden_tests).passed and not sandbox.run(wrong, t.hidden_tests).passed
+        assert count_passed(sandbox, wrong, t.shown_tests) == [0] * len(t.shown_tests)
+        assert t.parse_test(t.shown_tests[0].split("(", 1)[1]) == t.shown_tests[0]  # a test line as the model writes it
+        assert t.parse_test("[1, 2") is None and "pass" in t.test_prompt
 
 
 def test_mfm_tier_scores_confidence_and_consistency():

@@ -43,7 +43,10 @@ def test_main_writes_tables_json_and_plot(tmp_path, monkeypatch):
     monkeypatch.setattr(bc, "_progsynth", lambda *a, **k: bc._cascade("progsynth", fake, 0.01, extra={}))
     two = {s: {n: v[n] for n in ("small", "large")} for s, v in fake.items()}
     monkeypatch.setattr(bc, "_synthmed", lambda *a, **k: bc._cascade("synthmed", two, 0.01, extra={}))
+    monkeypatch.setattr(bc, "_humaneval", lambda *a, **k: bc._cascade("humaneval", two, 0.01, extra={}))
     out = bc.main(["--out", str(tmp_path)])
     saved = json.loads((tmp_path / "cascade.json").read_text())
-    assert set(saved["tasks"]) == {"progsynth", "synthmed"} and saved["targets"] == out["targets"]
+    assert set(saved["tasks"]) == {"progsynth", "humaneval", "synthmed"} and saved["targets"] == out["targets"]
+    bc.main(["--out", str(tmp_path), "--only", "humaneval", "synthmed"])
+    assert set(json.loads((tmp_path / "cascade.json").read_text())["tasks"]) == {"humaneval", "synthmed"}
     assert (tmp_path / "cascade.png").is_file() and "FLOPs saved" in (tmp_path / "cascade.md").read_text()
