@@ -64,6 +64,8 @@ class Profile:
     skips: tuple[int, ...]  # blocks the self-speculative drafts skip (of SmolLM2's 30)
     ngram: int  # prompt lookup's longest n-gram
     temperature: float  # sampling methods
+    lookup_k: int = 10  # prompt lookup's fixed draft length (its guesses are free; spans on code are long)
+    lookup_unigram: int = 2  # ... but at most this many tokens after a match of a single token
 
 
 PROFILES = {
@@ -134,7 +136,7 @@ class Method:
         return f"{self.kernels} {self.draft}/{self.impl}" + (f"-{self.setting}" if self.setting else "")
 
 
-def run(profile: Profile, seed: int, log, cache_dir: Path) -> dict:
+def run(profile: Profile, seed: int, log, cache_dir: Path, *, with_draft_lm: bool = True) -> dict:
     from ann.models.smollm2 import load_smollm2
     from tqdm.auto import tqdm
 
@@ -145,25 +147,31 @@ def run(profile: Profile, seed: int, log, cache_dir: Path) -> dict:
     torch.manual_seed(seed)
     model, tok = load_smollm2()
     model.eval()
-    draft_lm, draft_metrics = load_draft_lm(tok, cache_dir, log)
-    log(f"draft LM: {draft_metrics['params']} parameters, held-out {draft_metrics['test_bits_per_byte']:.3f} bits/byte")
+    draft_lm = draft_lm_packed = draft_metrics = None
+    if with_draft_lm:
+        draft_lm, draft_metrics = load_draft_lm(tok, cache_dir, log)
+        log(f"draft LM: {draft_metrics['params']} parameters, held-out {draft_metrics['test_bits_per_byte']:.3f} bits/byte")
+        draft_lm_packed = copy.deepcopy(draft_lm)
+        pack_linears(draft_lm_packed)
     prompts = _prompts(tok, profile)
     n, k = profile.new_tokens, profile.k
     targets = {"stock": model, "packed": packed_view(model)}
-    draft_lm_packed = copy.deepcopy(draft_lm)
-    pack_linears(draft_lm_packed)
     calib = torch.tensor([p[:128] for p in prompts[:2]])  # block influence: the prompts' text, not the generations
 
-    def drafts(kernels: str) -> dict:  # name -> (factory of a fresh draft, HF's generate kwargs or None)
+    def lookup() -> PromptLookupDraft:
+        return PromptLookupDraft(max_ngram=profile.ngram, limits={1: profile.lookup_unigram})
+
+    def drafts(kernels: str) -> dict:  # name -> (factory of a fresh draft, HF's generate kwargs or None, draft length)
         lm = draft_lm if kernels == "stock" else draft_lm_packed
-        out = {"prompt-lookup": (lambda: PromptLookupDraft(max_ngram=profile.ngram), {"prompt_lookup_num_tokens": 10}),
-               "draft-lm": (lambda: ModelDraft(lm, name="draft-lm"), {"assistant_model": lm}),
-               "prompt-lookup+draft-lm": (lambda: FallbackDraft(PromptLookupDraft(max_ngram=profile.ngram),
-                                                                ModelDraft(lm, name="draft-lm")), None)}
+        out = {"prompt-lookup": (lookup, {"prompt_lookup_num_tokens": 10}, profile.lookup_k)}
+        if lm is not None:
+            out["draft-lm"] = (lambda: ModelDraft(lm, name="draft-lm"), {"assistant_model": lm}, k)
+            out["prompt-lookup+draft-lm"] = (lambda: FallbackDraft(lookup(), ModelDraft(lm, name="draft-lm")), None,
+                                             k)  # k: the model's guesses cost draft steps
         for s in profile.skips if kernels == "packed" else ():
             d, dropped = layer_skip_draft(model, s, lambda m: m(calib).logits)  # the stock tree: prune surgery knows it
             pack_linears(d.lm.model)  # its own module tree over the target's parameters
-            out[f"layer-skip-{s}"] = (lambda d=d: d, {"assistant_model": d.lm.model})
+            out[f"layer-skip-{s}"] = (lambda d=d: d, {"assistant_model": d.lm.model}, k)
             log(f"layer-skip-{s}: blocks {dropped}")
         return out
 
@@ -179,25 +187,27 @@ def run(profile: Profile, seed: int, log, cache_dir: Path) -> dict:
     for kernels, target in targets.items():
         methods[Method(kernels, "plain", "hf", "")] = lambda p, t=target: _hf(t, p, n)
         methods[Method(kernels, "plain", "ours", "")] = lambda p, t=target: ours(t, None, p, None)
-        for name, (make, hf_kw) in made[kernels].items():
+        for name, (make, hf_kw, dk) in made[kernels].items():
             if kernels == "stock" and name != "prompt-lookup":
                 continue  # stock kernels: one draft shows what the kernels change
-            methods[Method(kernels, name, "ours", f"k{k}")] = lambda p, t=target, mk=make: ours(t, mk, p, DraftLength(k))
+            methods[Method(kernels, name, "ours", f"k{dk}")] = lambda p, t=target, mk=make, dk=dk: ours(
+                t, mk, p, DraftLength(dk))
             methods[Method(kernels, name, "ours", "adaptive")] = lambda p, t=target, mk=make: ours(
                 t, mk, p, DraftLength(k, adaptive=True, k_max=profile.k_max))
             if hf_kw is None:
                 continue
             methods[Method(kernels, name, "hf", "default")] = lambda p, t=target, kw=hf_kw: _hf(t, p, n, **kw)
-            fixed = ({"prompt_lookup_num_tokens": k} if "prompt_lookup_num_tokens" in hf_kw else
-                     {**hf_kw, "num_assistant_tokens": k, "num_assistant_tokens_schedule": "constant",
+            fixed = ({"prompt_lookup_num_tokens": dk} if "prompt_lookup_num_tokens" in hf_kw else
+                     {**hf_kw, "num_assistant_tokens": dk, "num_assistant_tokens_schedule": "constant",
                       "assistant_confidence_threshold": 0.0})
-            methods[Method(kernels, name, "hf", f"k{k}")] = lambda p, t=target, kw=fixed: _hf(t, p, n, **kw)
+            if fixed != hf_kw:  # transformers' default already is this length
+                methods[Method(kernels, name, "hf", f"k{dk}")] = lambda p, t=target, kw=fixed: _hf(t, p, n, **kw)
     packed = targets["packed"]
-    sample_draft = made["packed"]["prompt-lookup+draft-lm"][0]
+    sample_draft, _, sample_k = made["packed"].get("prompt-lookup+draft-lm", made["packed"]["prompt-lookup"])
     gen = torch.Generator().manual_seed(seed)
     methods[Method("packed", "plain", "ours", "sample")] = lambda p: ours(packed, None, p, None, Sampler(profile.temperature, gen))
-    methods[Method("packed", "prompt-lookup+draft-lm", "ours", "sample")] = lambda p: ours(
-        packed, sample_draft, p, DraftLength(k), Sampler(profile.temperature, gen))
+    methods[Method("packed", sample_draft().name, "ours", "sample")] = lambda p: ours(
+        packed, sample_draft, p, DraftLength(sample_k), Sampler(profile.temperature, gen))
 
     res = {m.key: {**asdict(m), "seconds": 0.0, "tokens": 0, "identical": True, "identical_to_stock": True, "stats": []}
            for m in methods}
@@ -300,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
     add_common_args(p)
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/models"),
                    help="trained models (benchmarks.models' cache; the draft LM is trained there on first use)")
+    p.add_argument("--no-draft-lm", action="store_true",
+                   help="leave out the distilled draft LM's methods (training it takes ~47 min on 2 cores the first time)")
     args = p.parse_args(argv)
     profile = PROFILES[args.profile]
     t_start = time.perf_counter()
@@ -307,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
     def log(msg: str) -> None:
         print(f"[speculative {time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
 
-    res = run(profile, args.seed, log, args.cache_dir)
+    res = run(profile, args.seed, log, args.cache_dir, with_draft_lm=not args.no_draft_lm)
     targets = _targets(res)
     rows = [[k, r["tokens_per_second"], r["speedup"], r["speedup_vs_stock_generate"], r["identical"], r["identical_to_stock"],
              r.get("acceptance_rate"), r.get("mean_draft_length"), r.get("cost_ratio"), r.get("predicted_speedup"),

@@ -201,8 +201,9 @@ def progsynth_task(p) -> CodeTask:
                     test_prompt=ps.test_prompt(p), parse_test=ps.parse_test)
 
 
-HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
-"""Where a HumanEval completion (a function body) ends: the next top-level statement (the usual stop sequences)."""
+HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ", "```")
+"""Where a HumanEval completion (a function body) ends: the next top-level statement (the usual stop sequences),
+or a Markdown code fence (SmolLM2-Instruct often closes the prompt as a code block and explains it in prose)."""
 
 
 def doctest_assertions(prompt: str, entry: str | None = None) -> tuple[str, ...]:

@@ -93,12 +93,18 @@ class ModelDraft:
 
 class PromptLookupDraft:
     """The tokens after the most recent earlier occurrence of the last ``n`` tokens, for the largest
-    ``n`` in ``[min_ngram, max_ngram]`` that occurs; nothing when no n-gram recurs."""
+    ``n`` in ``[min_ngram, max_ngram]`` that occurs; nothing when no n-gram recurs. ``limits[n]``: guess at most
+    that many tokens after a match of length ``n`` (e.g. ``{1: 2}``: a lone recurring token predicts little, and a
+    long guess then costs verify time for tokens that are mostly rejected)."""
 
-    def __init__(self, *, max_ngram: int = 3, min_ngram: int = 1, name: str = "prompt-lookup") -> None:
+    def __init__(self, *, max_ngram: int = 3, min_ngram: int = 1, limits: dict[int, int] | None = None,
+                 name: str = "prompt-lookup") -> None:
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError(f"min_ngram={min_ngram}, max_ngram={max_ngram}: need 1 <= min_ngram <= max_ngram")
-        self.name, self.max_ngram, self.min_ngram = name, max_ngram, min_ngram
+        limits = dict(limits or {})
+        if any(not (isinstance(v, int) and v >= 1) for v in limits.values()):
+            raise ValueError(f"limits={limits}: each is the longest guess after a match of that length, an int >= 1")
+        self.name, self.max_ngram, self.min_ngram, self.limits = name, max_ngram, min_ngram, limits
 
     def propose(self, ids: Sequence[int], k: int, sampler: Sampler | None) -> Proposal:
         ids = list(ids)
@@ -107,7 +113,7 @@ class PromptLookupDraft:
             tail = ids[n_ids - n:]
             for start in range(n_ids - n - 1, -1, -1):  # latest occurrence first, never the tail itself
                 if ids[start:start + n] == tail:
-                    return Proposal(ids[start + n:start + n + k])
+                    return Proposal(ids[start + n:start + n + min(k, self.limits.get(n, k))])
         return Proposal([])
 
 

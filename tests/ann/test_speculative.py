@@ -46,7 +46,8 @@ def _plain(model, prompt, n, eos=None):
     return out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("source", ["other-model", "self", "layer-skip", "prompt-lookup", "fallback", "packed"])
+@pytest.mark.parametrize("source", ["other-model", "self", "layer-skip", "prompt-lookup", "fallback", "packed",
+                                    "lookup-limits"])
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_greedy_speculative_decoding_gives_the_targets_own_greedy_tokens(source, adaptive):
     target = _llama(0)
@@ -68,6 +69,8 @@ def test_greedy_speculative_decoding_gives_the_targets_own_greedy_tokens(source,
         pack_linears(target)
         draft = ModelDraft(_llama(1, layers=1))
         pack_linears(draft.lm.model)
+    elif source == "lookup-limits":
+        draft = PromptLookupDraft(max_ngram=2, limits={1: 1})
     else:
         draft = PromptLookupDraft(max_ngram=2)
     got, stats = speculative_generate(CachedLM(target), draft, prompt, max_new_tokens=24,
@@ -199,6 +202,8 @@ def test_a_draft_with_another_tokenizer_is_refused():
         check_same_tokenizer(Tok({"a": 0, "b": 1}), Tok({"a": 1, "b": 0}))
     with pytest.raises(ValueError, match="min_ngram"):
         PromptLookupDraft(max_ngram=1, min_ngram=2)
+    with pytest.raises(ValueError, match="limits"):
+        PromptLookupDraft(limits={1: 0})
     with pytest.raises(ValueError, match="skip"):
         layer_skip_draft(_llama(0), 3, lambda m: m(torch.tensor([[1, 2]])).logits)
 
@@ -224,3 +229,12 @@ def test_the_mfm_decoder_speculates_with_its_image_and_keeps_its_greedy_answer()
                                       max_new_tokens=8, length=DraftLength(3))
     assert got == want and stats.guessed > 0
     assert not math.isnan(stats.acceptance_rate)
+
+
+def test_prompt_lookup_limits_the_guess_by_the_matched_ngram():
+    ids = [5, 6, 7, 8, 9, 1, 2, 5, 6, 7]
+    assert PromptLookupDraft(max_ngram=3).propose(ids, 4, None).tokens == [8, 9, 1, 2]  # after "5 6 7"
+    assert PromptLookupDraft(max_ngram=3, limits={3: 2}).propose(ids, 4, None).tokens == [8, 9]
+    unigram = [4, 1, 2, 3, 4]  # only "4" recurs
+    assert PromptLookupDraft(max_ngram=3).propose(unigram, 3, None).tokens == [1, 2, 3]
+    assert PromptLookupDraft(max_ngram=3, limits={1: 1}).propose(unigram, 3, None).tokens == [1]

@@ -33,6 +33,14 @@ def test_thresholds_chosen_on_val_are_reported_on_test_and_written_as_strict_jso
     t = {x.name: x for x in bc._targets({"progsynth": r})}
     assert t["progsynth_flops_saved"].met == (best["flops_saved"] >= 0.4)
     assert t["cascade_any_task"].met == (t["progsynth_flops_saved"].met and t["progsynth_quality_lost"].met)
+    assert t["progsynth_tiers_differ"].met  # 0.55 vs 0.9 solved
+    # every tier at 0: stopping at the cheapest "saves" everything and loses nothing, which must not count
+    zero = {s: {n: tuple(TierRun(x.name, 0 * x.quality, x.score, x.flops, x.seconds, x.test_flops, x.test_seconds)
+                         for x in v) for n, v in _tiers(i).items()} for i, s in enumerate(("val", "test"))}
+    z = bc._cascade("humaneval", zero, 0.01, extra={})
+    tz = {x.name: x for x in bc._targets({"humaneval": z})}
+    assert tz["humaneval_flops_saved"].met and tz["humaneval_quality_lost"].met
+    assert not tz["humaneval_tiers_differ"].met and not tz["cascade_any_task"].met
     assert bc._plot({"progsynth": r}, tmp_path / "c.png").is_file()
     text = json.dumps(bc._finite(r), allow_nan=False)  # +inf thresholds ("never stops") become null
     assert "Infinity" not in text and "NaN" not in text
