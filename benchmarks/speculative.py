@@ -19,10 +19,12 @@ per second = all new tokens / all seconds:
 - per draft (:mod:`ann.speculative.drafts`: prompt lookup; a distilled code LM with SmolLM2's tokenizer
   (``python -m ann.train code-lm --preset tiny --teacher smollm2``, trained once and cached by
   :func:`benchmarks.models.run_entry`); prompt lookup falling back to that LM; the target with its least
-  influential blocks skipped, sharing its weights): ours with a fixed draft length ``K`` and with the adaptive
-  length, and transformers' assisted generation with the same draft (``assistant_model=`` /
-  ``prompt_lookup_num_tokens=``) at its default settings and at ``K`` (the faster of the two is the comparison;
-  transformers has no combined draft);
+  influential blocks skipped, sharing its weights): ours with a fixed draft length (``K`` = 6 for model drafts;
+  prompt lookup, whose guesses cost nothing to make, up to ``lookup_k`` = 10 tokens and 2 after a single-token
+  match) and with the adaptive length, and transformers' assisted generation with the same draft
+  (``assistant_model=`` / ``prompt_lookup_num_tokens=``) at its default settings and at our fixed length (the
+  faster of the two is the comparison; transformers has no combined draft); ``--no-draft-lm`` leaves the draft
+  LM's methods out;
 - sampling at temperature ``T``: ours plain and with the best greedy draft (rejection sampling; tokens differ
   from greedy by design, so only speed and acceptance are reported).
 

@@ -27,6 +27,7 @@ import ast
 import copy
 import json
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,24 +93,28 @@ def _cut(text: str, stop: Sequence[str]) -> str:
     return text[:min(cuts)] if cuts else text
 
 
-_PER_TOKEN: dict[int, tuple[object, float, float]] = {}
+_PER_TOKEN: "weakref.WeakKeyDictionary[nn.Module, tuple[float, float]]" = weakref.WeakKeyDictionary()
 
 
 def token_flops(model: nn.Module, *, length: int = 64) -> tuple[float, float]:
     """FLOPs per token of a causal LM's decoder body (``model.get_decoder()``) and of its head, by
     ``torch.utils.flop_counter`` over a ``length``-token forward of the body and one token through the head (measured
-    once per model). Linear layers dominate: attention over the <= 128 tokens of these prompts is a few per cent of
-    a token's cost, so counting tokens is the generation's FLOPs to that accuracy, without counting every generate
-    call (which doubled a tier's evaluation time)."""
-    hit = _PER_TOKEN.get(id(model))
-    if hit is None or hit[0] is not model:
+    once per model, remembered while the model lives). Linear layers dominate: attention over the <= 128 tokens of
+    these prompts is a few per cent of a token's cost, so counting tokens is the generation's FLOPs to that
+    accuracy, without counting every generate call (which doubled a tier's evaluation time). Call it before
+    :func:`ann.fusion.pack_linears`: the counter does not see oneDNN's packed kernels."""
+    if model not in _PER_TOKEN:
+        from ann.fusion.packed import PackedLinear
+
+        if any(isinstance(m, PackedLinear) for m in model.modules()):
+            raise ValueError("token_flops: the model's linears are oneDNN-packed, which torch's FLOP counter does not "
+                             "see; call token_flops(model) before ann.fusion.pack_linears(model)")
         ids = torch.zeros(1, length, dtype=torch.long)
         body, _ = forward_flops(model.get_decoder(), lambda m: m(input_ids=ids, use_cache=False))
         head = model.get_output_embeddings()
-        width = head.weight.shape[1]
-        head_flops, _ = forward_flops(head, lambda m: m(torch.zeros(1, 1, width)))
-        hit = _PER_TOKEN[id(model)] = (model, body / length, float(head_flops))
-    return float(hit[1]), float(hit[2])
+        head_flops, _ = forward_flops(head, lambda m: m(torch.zeros(1, 1, head.weight.shape[1])))
+        _PER_TOKEN[model] = (body / length, float(head_flops))
+    return _PER_TOKEN[model]
 
 
 def _generate(model: nn.Module, tok, text: str, runs: Sequence[tuple[int, bool]], *, temperature: float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -100,6 +101,13 @@ def test_code_tiers_on_generated_program_synthesis_end_to_end(sandbox):
     plain = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
     assert records[0]["candidates"][0] == plain
     assert greedy.flops[0] == pytest.approx(flops, rel=0.02)
+    from ann.cascade.code import token_flops
+    from ann.fusion import pack_linears
+
+    packed = copy.deepcopy(model)
+    pack_linears(packed)
+    with pytest.raises(ValueError, match="before ann.fusion.pack_linears"):
+        token_flops(packed)
     # the reference solution as a task's completion passes its shown examples and hidden tests in the sandbox
     for p, t in zip(problems, tasks):
         program = t.program(f" {p.expr}")
