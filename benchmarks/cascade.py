@@ -8,6 +8,8 @@ Tasks and tiers (cheapest first):
   training problems, and SmolLM2-135M fine-tuned on them with LoRA (merged). A tier writes ``k`` candidates and
   ``l`` tests of its own, runs them in :mod:`tasks.sandbox` with the prompt's examples (:mod:`ann.cascade.code`);
   quality is pass@1 on hidden examples.
+- ``humaneval``: HumanEval (:func:`ann.cascade.code.humaneval_task`) with the tiny code LM trained on the standard
+  library, then SmolLM2-135M-Instruct; val: even-numbered problems, test: odd-numbered ones.
 - ``synthmed``: SynthMed-VQA with the small and the large MFM (``python -m ann.train synthmed``); self-test:
   answer confidence, and agreement under input noise (:mod:`ann.cascade.vqa`); quality is exact-match accuracy.
 
@@ -18,12 +20,15 @@ test split give the reported figures. Cost: FLOPs (``torch.utils.flop_counter`` 
 measured seconds per item (generation, and for a self-test its generation and sandbox runs).
 
 Target: on at least one task, at least 40 % fewer FLOPs than always using the largest tier with at most 1 point
-of quality lost (test split). Writes ``cascade.json``, ``cascade.md`` and ``cascade.png``.
+of quality lost (test split), on a task whose tiers differ (the largest at least 5 points above the cheapest
+on test; where every tier scores about 0, stopping early saves everything and proves nothing). Writes
+``cascade.json``, ``cascade.md`` and ``cascade.png``.
 
 Trained models are cached (:func:`benchmarks.models.run_entry`, keyed by their arguments and code). Cost on the
-2-core box (quick, session 13): training the three progsynth tiers once about 30 minutes; evaluating a tier about
-3.5 s per problem for the tiny LM (two ``generate`` passes, one counted for FLOPs, and the sandbox runs), more for
-SmolLM2; SynthMed-VQA about 40 s with trained MFMs.
+2-core box (quick, session 14): training the progsynth tiers once about 51 minutes (tiny LM 1200 steps 2364 s,
+SmolLM2 LoRA ~710 s) and the stdlib tiny LM for HumanEval 274 s; evaluating progsynth + HumanEval 26 minutes (the
+tiny tier ~3 s per problem, mostly one sandbox process per distinct candidate); SynthMed-VQA about 40 s with
+trained MFMs (training both about an hour).
 """
 
 from __future__ import annotations

@@ -12,21 +12,35 @@ Same maths, other summation order: outputs differ from ``F.linear`` by float rou
 fp32). :func:`pack_linears` swaps every ``nn.Linear`` of a model for a :class:`PackedLinear` that keeps the
 original ``weight`` / ``bias`` parameters (state dicts and tied embeddings are unchanged) plus a packed copy
 (the weights' memory once more). The packed copy is rebuilt when the weight is modified in place (its version
-counter moved); calls that need gradients, or inputs of another dtype, take ``F.linear``.
+counter moved); calls that need gradients, inputs of another dtype, or a dtype this CPU cannot pack
+(:func:`dtype_packable`) take ``F.linear``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PackedLinear", "pack_linears", "unpack_linears", "packing_available"]
+__all__ = ["PackedLinear", "dtype_packable", "pack_linears", "unpack_linears", "packing_available"]
 
 
 def packing_available() -> bool:
     """Whether this torch build has oneDNN (``torch.backends.mkldnn``) and its linear ops."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@functools.cache
+def dtype_packable(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN packs weights of ``dtype`` (bf16 needs AVX512-BW/VL/DQ or AVX-NE-CONVERT; an
+    AVX2-only CPU packs fp32 only). Tried once per dtype on a tiny weight."""
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), 1)
+    except RuntimeError:
+        return False
+    return True
 
 
 class PackedLinear(nn.Module):
@@ -58,7 +72,8 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)) or x.dtype != w.dtype or x.device.type != "cpu":
+        if ((torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)) or x.dtype != w.dtype
+                or x.device.type != "cpu" or not dtype_packable(w.dtype)):
             return F.linear(x, w, self.bias)
         shape = x.shape
         y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]).contiguous(), self._pack(), self.bias,
