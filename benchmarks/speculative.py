@@ -39,7 +39,8 @@ Targets: ours (greedy, identical tokens) at least 2.0x the tokens/s of plain dec
 kernels. Writes ``speculative.json``, ``speculative.md`` and ``speculative.png``.
 
 Cost on the 2-core box: quick (4 prompts x 96 tokens) 738 s once the draft LM is cached (training it: 2818 s,
-once; session 13); full about 2 h.
+once; session 13); ``--no-draft-lm`` 600 s (session 14, an AVX2-only EPYC: packed plain decoding gained
+less there, 1.10x over stock generate vs 1.38x on session 13's AVX512 box); full about 2 h.
 """
 
 from __future__ import annotations
