@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import Target, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
+from benchmarks.common import Target, add_cache_dir_arg, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
 
 SAVING_TARGET, LOSS_TARGET = 0.40, 0.01
 MIN_GAP = 0.05  # a task's tiers must differ by this much (test quality) for its cascade to count
@@ -309,8 +309,7 @@ def _plot(results: dict[str, dict], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cascade", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/models"),
-                   help="trained models (benchmarks.models' cache; tiers are trained there on first use)")
+    add_cache_dir_arg(p, "trained models (benchmarks.models' cache; tiers are trained there on first use)")
     p.add_argument("--only", nargs="+", choices=("synthmed", "progsynth", "humaneval"), default=None,
                    help="run only these tasks (default: all)")
     p.add_argument("--mfm-small", type=Path, default=None, help="a trained small MFM folder (default: train/cache one)")

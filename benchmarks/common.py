@@ -26,6 +26,15 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_seed: int = 0) -
     parser.add_argument("--seed", type=int, default=default_seed, help=f"random seed (default {default_seed})")
 
 
+MODELS_CACHE = Path(".cache/neuromfm/models")
+"""Where benchmarks.models caches trained models (one folder per model, keyed by its arguments and code)."""
+
+
+def add_cache_dir_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--cache-dir`` (default :data:`MODELS_CACHE`); ``what``: what the benchmark keeps there, for the help."""
+    parser.add_argument("--cache-dir", type=Path, default=MODELS_CACHE, help=what)
+
+
 def machine_info() -> dict:
     return {
         "platform": platform.platform(),

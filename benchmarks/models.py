@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.common import (Stopwatch, Target, add_common_args, format_table, format_targets, machine_info,
+from benchmarks.common import (Stopwatch, Target, add_cache_dir_arg, add_common_args, format_table, format_targets, machine_info,
                                versions, write_results)
 from tasks.io import read_json
 
@@ -143,8 +143,7 @@ COLUMNS = ["model", "params", "metric", "value", "baseline/before", "train s", "
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/models"),
-                   help="trained models, one folder per model keyed by a hash of its training arguments")
+    add_cache_dir_arg(p, "trained models, one folder per model keyed by a hash of its training arguments")
     p.add_argument("--only", nargs="+", choices=sorted(ENTRIES), help="run only these models (and what they need)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

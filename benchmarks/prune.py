@@ -60,7 +60,7 @@ from pathlib import Path
 import torch
 
 from ann.prune.latency import interleaved_seconds
-from benchmarks.common import Target, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
+from benchmarks.common import Target, add_cache_dir_arg, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
 from tasks.io import read_json
 
 
@@ -392,7 +392,7 @@ def _plot(mfm: dict, lm: dict, path: Path) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.prune", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/models"), help="trained MFMs (benchmarks.models' cache)")
+    add_cache_dir_arg(p, "trained MFMs (benchmarks.models' cache)")
     p.add_argument("--only", choices=("mfm", "smollm2"),
                    help="run one model only; the other model's results of an earlier run of this profile in --out are kept")
     args = p.parse_args(argv)

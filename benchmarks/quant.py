@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Target, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
+from benchmarks.common import Target, add_cache_dir_arg, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
 
 
 @dataclass(frozen=True)
@@ -404,7 +404,7 @@ def _plot(mfm: dict, lm: dict, path: Path) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quant", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/models"), help="trained MFMs (benchmarks.models' cache)")
+    add_cache_dir_arg(p, "trained MFMs (benchmarks.models' cache)")
     args = p.parse_args(argv)
     profile = PROFILES[args.profile]
     torch.manual_seed(args.seed)

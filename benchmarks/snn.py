@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Stopwatch, Target, add_common_args, format_table, format_targets, machine_info, versions, write_results
+from benchmarks.common import Stopwatch, Target, add_cache_dir_arg, add_common_args, format_table, format_targets, machine_info, versions, write_results
 
 __all__ = ["main"]
 
@@ -259,8 +259,7 @@ def accounting(model, x, *, name: str = "spikformer digits") -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.snn", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/models"),
-                   help="trained ANN baselines (benchmarks.models' cache: keyed by their arguments and code)")
+    add_cache_dir_arg(p, "trained ANN baselines (benchmarks.models' cache: keyed by their arguments and code)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     log = (lambda _m: None) if args.quiet else (lambda m: print(f"[snn] {m}", file=sys.stderr, flush=True))

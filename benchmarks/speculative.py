@@ -54,7 +54,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Target, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
+from benchmarks.common import Target, add_cache_dir_arg, add_common_args, format_table, format_targets, machine_info, save_figure, versions, write_results
 
 
 @dataclass(frozen=True)
@@ -311,8 +311,7 @@ def _plot(res: dict, path: Path) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.speculative", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/models"),
-                   help="trained models (benchmarks.models' cache; the draft LM is trained there on first use)")
+    add_cache_dir_arg(p, "trained models (benchmarks.models' cache; the draft LM is trained there on first use)")
     p.add_argument("--no-draft-lm", action="store_true",
                    help="leave out the distilled draft LM's methods (training it takes ~47 min on 2 cores the first time)")
     args = p.parse_args(argv)
