@@ -39,6 +39,8 @@ def test_presets_are_one_family_small_below_large(tok):
     assert n(small) * 5 < n(large)
     assert small.config.text_config.vocab_size == large.config.text_config.vocab_size == len(VQA_VOCAB)
     assert large.num_visual_tokens == (64 // 8 // 2) ** 2
+    fine = _build(tok, MFM_PRESETS["small-fine"])  # the cascade's cheap tier: small towers, the large one's grid
+    assert fine.num_visual_tokens == large.num_visual_tokens and n(fine) * 5 < n(large)
 
 
 @pytest.mark.parametrize("change, field", [

@@ -27,6 +27,10 @@ def test_thresholds_chosen_on_val_are_reported_on_test_and_written_as_strict_jso
     r = bc._cascade("progsynth", {"val": _tiers(0), "test": _tiers(1)}, 0.01, extra={})
     assert set(r["cascades"]) == {"tiny -> large", "tiny -> small -> large", "small -> large"}
     best = r["cascades"][r["best"]]
+    feasible = [k for k, c in r["cascades"].items() if c["val"]["feasible"]]
+    assert r["best"] == min(feasible, key=lambda k: r["cascades"][k]["val"]["flops"])  # chosen on val, not on test
+    only = bc._cascade("progsynth", {"val": _tiers(0), "test": _tiers(1)}, 0.01, extra={}, chains=[["small", "large"]])
+    assert list(only["cascades"]) == ["small -> large"] and only["best"] == "small -> large"
     assert best["val"]["quality"] >= r["largest"]["val"]["quality"] - 0.01  # the budget holds where it was chosen
     assert best["flops_saved"] > 0.4 and abs(best["quality_lost"]) < 0.05
     assert r["per_tier"]["tiny"]["test"]["pass@1"] == float(_tiers(1)["tiny"][1].quality.mean())
