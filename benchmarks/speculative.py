@@ -139,7 +139,12 @@ class Method:
         return f"{self.kernels} {self.draft}/{self.impl}" + (f"-{self.setting}" if self.setting else "")
 
 
-def run(profile: Profile, seed: int, log, cache_dir: Path, *, with_draft_lm: bool = True) -> dict:
+DRAFTS = ("prompt-lookup", "draft-lm", "prompt-lookup+draft-lm", "layer-skip")
+
+
+def run(profile: Profile, seed: int, log, cache_dir: Path, *, with_draft_lm: bool = True,
+        drafts_wanted: tuple[str, ...] = DRAFTS) -> dict:
+    """Every method of the module docstring whose draft family is in ``drafts_wanted`` (plain decoding always)."""
     from ann.models.smollm2 import load_smollm2
     from tqdm.auto import tqdm
 
@@ -151,7 +156,7 @@ def run(profile: Profile, seed: int, log, cache_dir: Path, *, with_draft_lm: boo
     model, tok = load_smollm2()
     model.eval()
     draft_lm = draft_lm_packed = draft_metrics = None
-    if with_draft_lm:
+    if with_draft_lm and {"draft-lm", "prompt-lookup+draft-lm"} & set(drafts_wanted):
         draft_lm, draft_metrics = load_draft_lm(tok, cache_dir, log)
         log(f"draft LM: {draft_metrics['params']} parameters, held-out {draft_metrics['test_bits_per_byte']:.3f} bits/byte")
         draft_lm_packed = copy.deepcopy(draft_lm)
@@ -171,7 +176,8 @@ def run(profile: Profile, seed: int, log, cache_dir: Path, *, with_draft_lm: boo
             out["draft-lm"] = (lambda: ModelDraft(lm, name="draft-lm"), {"assistant_model": lm}, k)
             out["prompt-lookup+draft-lm"] = (lambda: FallbackDraft(lookup(), ModelDraft(lm, name="draft-lm")), None,
                                              k)  # k: the model's guesses cost draft steps
-        for s in profile.skips if kernels == "packed" else ():
+        out = {name: v for name, v in out.items() if name in drafts_wanted}
+        for s in profile.skips if kernels == "packed" and "layer-skip" in drafts_wanted else ():
             d, dropped = layer_skip_draft(model, s, lambda m: m(calib).logits)  # the stock tree: prune surgery knows it
             pack_linears(d.lm.model)  # its own module tree over the target's parameters
             out[f"layer-skip-{s}"] = (lambda d=d: d, {"assistant_model": d.lm.model}, k)
@@ -206,11 +212,14 @@ def run(profile: Profile, seed: int, log, cache_dir: Path, *, with_draft_lm: boo
             if fixed != hf_kw:  # transformers' default already is this length
                 methods[Method(kernels, name, "hf", f"k{dk}")] = lambda p, t=target, kw=fixed: _hf(t, p, n, **kw)
     packed = targets["packed"]
-    sample_draft, _, sample_k = made["packed"].get("prompt-lookup+draft-lm", made["packed"]["prompt-lookup"])
     gen = torch.Generator().manual_seed(seed)
     methods[Method("packed", "plain", "ours", "sample")] = lambda p: ours(packed, None, p, None, Sampler(profile.temperature, gen))
-    methods[Method("packed", sample_draft().name, "ours", "sample")] = lambda p: ours(
-        packed, sample_draft, p, DraftLength(sample_k), Sampler(profile.temperature, gen))
+    for name in ("prompt-lookup+draft-lm", "prompt-lookup", *made["packed"]):  # the best greedy draft there is
+        if name in made["packed"]:
+            sample_draft, _, sample_k = made["packed"][name]
+            methods[Method("packed", sample_draft().name, "ours", "sample")] = lambda p: ours(
+                packed, sample_draft, p, DraftLength(sample_k), Sampler(profile.temperature, gen))
+            break
 
     res = {m.key: {**asdict(m), "seconds": 0.0, "tokens": 0, "identical": True, "identical_to_stock": True, "stats": []}
            for m in methods}
@@ -314,6 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
     add_cache_dir_arg(p, "trained models (benchmarks.models' cache; the draft LM is trained there on first use)")
     p.add_argument("--no-draft-lm", action="store_true",
                    help="leave out the distilled draft LM's methods (training it takes ~47 min on 2 cores the first time)")
+    p.add_argument("--drafts", nargs="+", choices=DRAFTS, default=list(DRAFTS),
+                   help="draft families to run (default: all; plain decoding always runs)")
     args = p.parse_args(argv)
     profile = PROFILES[args.profile]
     t_start = time.perf_counter()
@@ -321,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
     def log(msg: str) -> None:
         print(f"[speculative {time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
 
-    res = run(profile, args.seed, log, args.cache_dir, with_draft_lm=not args.no_draft_lm)
+    res = run(profile, args.seed, log, args.cache_dir, with_draft_lm=not args.no_draft_lm, drafts_wanted=tuple(args.drafts))
     targets = _targets(res)
     rows = [[k, r["tokens_per_second"], r["speedup"], r["speedup_vs_stock_generate"], r["identical"], r["identical_to_stock"],
              r.get("acceptance_rate"), r.get("mean_draft_length"), r.get("cost_ratio"), r.get("predicted_speedup"),
@@ -332,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     plot = _plot(res, args.out / "speculative.png")
     payload = {"benchmark": "speculative", "profile": args.profile, "seed": args.seed, "profile_settings": asdict(profile),
-               "machine": machine_info(), "torch_threads": torch.get_num_threads(),
+               "drafts": args.drafts, "machine": machine_info(), "torch_threads": torch.get_num_threads(),
                "versions": versions("torch", "transformers"), **res, "targets": [t.to_dict() for t in targets],
                "plot": str(plot), "wall_seconds": time.perf_counter() - t_start,
                "notes": {"formula": "our plain decoding with the same kernels is the formula's unit (c and the measured "
