@@ -40,7 +40,9 @@ kernels. Writes ``speculative.json``, ``speculative.md`` and ``speculative.png``
 
 Cost on the 2-core box: quick (4 prompts x 96 tokens) 738 s once the draft LM is cached (training it: 2818 s,
 once; session 13); ``--no-draft-lm`` 600 s (session 14, an AVX2-only EPYC: packed plain decoding gained
-less there, 1.10x over stock generate vs 1.38x on session 13's AVX512 box); full about 2 h.
+less there, 1.10x over stock generate vs 1.38x on session 13's AVX512 box); full about 2 h; full with
+``--no-draft-lm --drafts prompt-lookup`` 21 min (session 15, AVX512 EPYC: 2.88x over packed plain, where the 4
+quick prompts, the hardest to look up, give 1.81x).
 """
 
 from __future__ import annotations
