@@ -144,8 +144,7 @@ class Method:
 DRAFTS = ("prompt-lookup", "draft-lm", "prompt-lookup+draft-lm", "layer-skip")
 
 
-def run(profile: Profile, seed: int, log, cache_dir: Path, *, with_draft_lm: bool = True,
-        drafts_wanted: tuple[str, ...] = DRAFTS) -> dict:
+def run(profile: Profile, seed: int, log, cache_dir: Path, *, drafts_wanted: tuple[str, ...] = DRAFTS) -> dict:
     """Every method of the module docstring whose draft family is in ``drafts_wanted`` (plain decoding always)."""
     from ann.models.smollm2 import load_smollm2
     from tqdm.auto import tqdm
@@ -158,7 +157,7 @@ def run(profile: Profile, seed: int, log, cache_dir: Path, *, with_draft_lm: boo
     model, tok = load_smollm2()
     model.eval()
     draft_lm = draft_lm_packed = draft_metrics = None
-    if with_draft_lm and {"draft-lm", "prompt-lookup+draft-lm"} & set(drafts_wanted):
+    if {"draft-lm", "prompt-lookup+draft-lm"} & set(drafts_wanted):
         draft_lm, draft_metrics = load_draft_lm(tok, cache_dir, log)
         log(f"draft LM: {draft_metrics['params']} parameters, held-out {draft_metrics['test_bits_per_byte']:.3f} bits/byte")
         draft_lm_packed = copy.deepcopy(draft_lm)
@@ -216,12 +215,11 @@ def run(profile: Profile, seed: int, log, cache_dir: Path, *, with_draft_lm: boo
     packed = targets["packed"]
     gen = torch.Generator().manual_seed(seed)
     methods[Method("packed", "plain", "ours", "sample")] = lambda p: ours(packed, None, p, None, Sampler(profile.temperature, gen))
-    for name in ("prompt-lookup+draft-lm", "prompt-lookup", *made["packed"]):  # the best greedy draft there is
-        if name in made["packed"]:
-            sample_draft, _, sample_k = made["packed"][name]
-            methods[Method("packed", sample_draft().name, "ours", "sample")] = lambda p: ours(
-                packed, sample_draft, p, DraftLength(sample_k), Sampler(profile.temperature, gen))
-            break
+    best = next((n for n in ("prompt-lookup+draft-lm", "prompt-lookup", *made["packed"]) if n in made["packed"]), None)
+    if best is not None:  # sampling with the best greedy draft this run has
+        sample_draft, _, sample_k = made["packed"][best]
+        methods[Method("packed", sample_draft().name, "ours", "sample")] = lambda p: ours(
+            packed, sample_draft, p, DraftLength(sample_k), Sampler(profile.temperature, gen))
 
     res = {m.key: {**asdict(m), "seconds": 0.0, "tokens": 0, "identical": True, "identical_to_stock": True, "stats": []}
            for m in methods}
@@ -334,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
     def log(msg: str) -> None:
         print(f"[speculative {time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
 
-    res = run(profile, args.seed, log, args.cache_dir, with_draft_lm=not args.no_draft_lm, drafts_wanted=tuple(args.drafts))
+    drafts = tuple(d for d in args.drafts if not (args.no_draft_lm and "draft-lm" in d))
+    res = run(profile, args.seed, log, args.cache_dir, drafts_wanted=drafts)
     targets = _targets(res)
     rows = [[k, r["tokens_per_second"], r["speedup"], r["speedup_vs_stock_generate"], r["identical"], r["identical_to_stock"],
              r.get("acceptance_rate"), r.get("mean_draft_length"), r.get("cost_ratio"), r.get("predicted_speedup"),
@@ -345,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     plot = _plot(res, args.out / "speculative.png")
     payload = {"benchmark": "speculative", "profile": args.profile, "seed": args.seed, "profile_settings": asdict(profile),
-               "drafts": args.drafts, "machine": machine_info(), "torch_threads": torch.get_num_threads(),
+               "drafts": list(drafts), "machine": machine_info(), "torch_threads": torch.get_num_threads(),
                "versions": versions("torch", "transformers"), **res, "targets": [t.to_dict() for t in targets],
                "plot": str(plot), "wall_seconds": time.perf_counter() - t_start,
                "notes": {"formula": "our plain decoding with the same kernels is the formula's unit (c and the measured "
