@@ -7,9 +7,15 @@ Two mechanisms, one recorder:
   (``nn.LayerNorm`` / ``GroupNorm`` and any module whose class name ends in ``LayerNorm`` or ``RMSNorm``, e.g.
   HF's ``LlamaRMSNorm``) and activations (``nn.GELU``, ``nn.SiLU``, HF's ``GELUActivation``, ...);
 - a :class:`torch.overrides.TorchFunctionMode` for the functional ops between them:
-  ``scaled_dot_product_attention``, ``matmul`` of two activations, ``softmax``, functional norms and
+  ``scaled_dot_product_attention``, ``matmul`` of two activations, ``linear``, softmax, functional norms and
   activations, and elementwise ``add`` / ``mul`` / ``div`` (residual streams, gating, rotary embeddings).
   Everything a recorded module does inside itself is part of that module, never recorded twice.
+- fused kernels seen by the same mode: oneDNN's ``torch.ops.mkldnn._linear_pointwise(x, W_packed, b, attr, ...)``
+  (what pre-packed and linear+activation modules call) is a linear GEMM followed by the elementwise ``attr``
+  (``gelu``, ``swish`` = SiLU, ``relu``, ...) that consumes its output on chip; its ``.binary`` form is a GEMM
+  followed by an elementwise ``add`` / ``mul`` with a second tensor. A merged projection (one ``nn.Linear`` for
+  Q, K and V) is simply one wider GEMM. Weights of a GEMM called functionally count once, against the parameters
+  of the module that runs it (a packed LM head tied to the embedding table adds none).
 
 Every recorded call remembers which earlier call produced its inputs (tensors are followed through views,
 reshapes and other unrecorded ops), which gives the IR's fusion facts (``fused_in_elements``,
@@ -101,6 +107,10 @@ _ELEMENTWISE = {
 _SOFTMAX = {"softmax", "_softmax", "log_softmax"}
 _NORM = {"layer_norm": "layernorm", "rms_norm": "rmsnorm", "group_norm": "groupnorm"}
 _MATMUL = {"matmul", "__matmul__", "bmm", "mm"}
+_LINEAR_POINTWISE = "_linear_pointwise"  # torch.ops.mkldnn._linear_pointwise (packet) / .default / .binary
+_ONEDNN_UNARY = {"none": None, "gelu": "gelu", "swish": "silu", "silu": "silu", "relu": "relu", "sigmoid": "sigmoid",
+                 "tanh": "tanh", "hardtanh": "hardtanh", "leaky_relu": "leaky_relu", "hardswish": "hardswish"}
+_ONEDNN_BINARY = {"add": "add", "sum": "add", "sub": "add", "mul": "mul", "div": "div"}
 
 
 def _tensors(obj) -> list[torch.Tensor]:
@@ -137,7 +147,9 @@ class _Recorder:
         self.calls: list[_Call] = []
         self.producer: dict[int, int] = {}  # id(tensor) -> index of the call that produced it
         self._alive: list[torch.Tensor] = []  # keeps the tensors in ``producer`` alive, so ids stay unique
-        self.stack: list[list] = [["", {}]]  # [module name, per-name counter] of the modules being run
+        # [module name, per-name counter, own parameters not yet charged to a functional GEMM (None: none)]
+        self.stack: list[list] = [["", {}, None]]
+        self.charged: set[str] = set()  # modules whose parameters a functional GEMM was charged with
         self.inside_leaf = 0
 
     # ----------------------------------------------------------------------------------------- dataflow
@@ -167,8 +179,18 @@ class _Recorder:
         self.calls.append(call)
         self.mark(out, index)
 
+    def charge(self, weight_params: int) -> int:
+        """Parameters a functional GEMM adds: its weights, once, against the running module's own parameters."""
+        entry = self.stack[-1]
+        if entry[2] is None:
+            return weight_params
+        got = min(weight_params, entry[2])
+        entry[2] -= got
+        self.charged.add(entry[0])
+        return got
+
     def fn_name(self, fn: str) -> str:
-        module, counter = self.stack[-1]
+        module, counter = self.stack[-1][:2]
         counter[fn] = counter.get(fn, 0) + 1
         base = f"{module}.{fn}" if module else fn
         return base if counter[fn] == 1 else f"{base}#{counter[fn]}"
@@ -310,7 +332,10 @@ class _FunctionRecorder(TorchFunctionMode):
             w = args[1] if len(args) > 1 else kwargs["weight"]
             b = args[2] if len(args) > 2 else kwargs.get("bias")
             calls = [rec.linear(rec.fn_name("linear"), "linear", args[0], w, b is not None,
-                                w.numel() + (b.numel() if b is not None else 0))]
+                                rec.charge(w.numel() + (b.numel() if b is not None else 0)))]
+        elif fn.split(".")[0] == _LINEAR_POINTWISE:
+            self._linear_pointwise(fn, args, kwargs, out)
+            return out
         elif fn in _SOFTMAX:
             calls = [rec.vector(rec.fn_name("softmax"), OpKind.SOFTMAX, fn, "softmax", inputs, out)]
         elif fn in _NORM:
@@ -324,6 +349,27 @@ class _FunctionRecorder(TorchFunctionMode):
             rec.record(c, (), ())
         rec.record(calls[-1], inputs, out)
         return out
+
+    def _linear_pointwise(self, fn: str, args, kwargs, out: torch.Tensor) -> None:
+        """oneDNN linear with a fused post-op: ``(x, W, b, attr, scalars, algorithm)`` (unary) or
+        ``(x, other, W, b, attr)`` (``.binary``): one GEMM + the elementwise op fed from its output path."""
+        rec = self.rec
+        binary = fn.endswith(".binary")
+        names = ("input", "other", "weight", "bias", "attr") if binary else ("input", "weight", "bias", "attr")
+        a = dict(zip(names, args)) | kwargs
+        x, b, attr = a["input"], a.get("bias"), str(a.get("attr", "none"))
+        k, n = x.shape[-1], out.shape[-1]
+        params = rec.charge(k * n + (b.numel() if b is not None else 0))
+        gemm = rec.gemm(rec.fn_name("linear"), "mkldnn._linear_pointwise", "linear", x, k=k, n=n, rows=x.numel() // k,
+                        params=params, bias=b is not None, sops_fn=lambda: float((x != 0).sum()) * n)
+        post = (_ONEDNN_BINARY if binary else _ONEDNN_UNARY).get(attr, attr)
+        rec.record(gemm, (x,), out)
+        if post is None:
+            return
+        extra = [a["other"]] if binary else []
+        # the post-op reads the GEMM's output, the op just before it: fused_in, and the GEMM's output stays on chip
+        rec.record(rec.vector(rec.fn_name(post), OpKind.ELEMENTWISE, f"mkldnn.{attr}", post, (out, *extra), out),
+                   (out, *extra), out)
 
 
 def _leaf_recorder(rec: _Recorder, name: str, module: nn.Module, is_neuron: Callable[[nn.Module], bool], claimed: set[int]):
@@ -368,7 +414,7 @@ class Tracer:
             raise ValueError(f"trace: timesteps={timesteps!r} must be None (ANN) or an int >= 1")
         self.model = model
         self.rec = _Recorder(timesteps=timesteps, batch=batch, kv=kv)
-        self.untraced: list[str] = []
+        self._leaves_with_params: list[tuple[str, str]] = []  # not hooked: traced if a functional GEMM charged them
         self._handles: list = []
         leaf_names: list[str] = []
         claimed: set[int] = set()
@@ -382,14 +428,22 @@ class Tracer:
                 self._handles += [module.register_forward_pre_hook(self._enter_leaf),
                                   module.register_forward_hook(self._exit_leaf(hook))]
                 continue
-            self._handles += [module.register_forward_pre_hook(lambda m, i, n=mod_name: self._enter(n)),
+            own = [p for p in module.parameters(recurse=False) if id(p) not in claimed]
+            claimed.update(id(p) for p in own)
+            budget = sum(p.numel() for p in own) if any(True for _ in module.parameters(recurse=False)) else None
+            self._handles += [module.register_forward_pre_hook(lambda m, i, n=mod_name, b=budget: self._enter(n, b)),
                               module.register_forward_hook(self._exit)]
-            if not list(module.children()) and any(True for _ in module.parameters(recurse=False)):
-                self.untraced.append(f"{mod_name} ({type(module).__name__})")
+            if not list(module.children()) and budget is not None:
+                self._leaves_with_params.append((mod_name, type(module).__name__))
+
+    @property
+    def untraced(self) -> list[str]:
+        """Leaf modules with parameters that neither a hook nor a functional GEMM (charged to them) accounted for."""
+        return [f"{n} ({t})" for n, t in self._leaves_with_params if n not in self.rec.charged]
 
     # hooks must return None (a forward hook's return value replaces the module's output)
-    def _enter(self, name: str) -> None:
-        self.rec.stack.append([name, {}])
+    def _enter(self, name: str, budget: int | None) -> None:
+        self.rec.stack.append([name, {}, budget])
 
     def _exit(self, module, inputs, output) -> None:
         self.rec.stack.pop()
