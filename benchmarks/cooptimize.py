@@ -4,9 +4,11 @@ Searches visual resolution, patch size (= stride), k x k token merging, ViT toke
 pruning (FastV) and question length together (:mod:`ann.cooptimize`) for the trained large MFM on SynthMed-VQA:
 
 1. the large MFM (``--mfm`` folder, else trained or read from the model cache, :mod:`benchmarks.models`);
-2. every geometry of the space gets the trained weights transferred (:func:`ann.cooptimize.adapt_geometry`)
-   and the same short fine-tune (``--finetune-steps``), the default geometry too, so that every geometry has had
-   the same training; fine-tuned models are cached under ``--cache-dir`` (keyed by their inputs and code);
+2. every (geometry, ViT pruning) pair of the space gets the trained weights transferred
+   (:func:`ann.cooptimize.adapt_geometry`) and the same short fine-tune with that pruning on (``--finetune-steps``),
+   the default pair too, so that every point has had the same training (without it, pruning and new geometries
+   lose 25-55 points, measured); fine-tuned models are cached under ``--cache-dir`` (keyed by inputs and code);
+   decoder pruning (FastV) and question compression are applied without training;
 3. every point is measured: validation answer accuracy (greedy decoding, exact match), CPU latency of one
    prefill of a batch of questions (median of repeats, this machine), and the simulated accelerator's latency
    and energy (split into compute and data movement) for one question, traced at INT8 on the ``default``
@@ -38,12 +40,11 @@ __all__ = ["main", "PROFILE_SPACES"]
 # geometries as (S, P, k) (the first is the trained default), ViT keeps and layers, decoder keeps, question-token caps,
 # fine-tune steps per geometry, SynthMed images per split, CPU timing repeats.
 PROFILE_SPACES = {
-    "quick": dict(geometries=[(64, 8, 2), (48, 8, 2), (32, 8, 2)], vit_keeps=(1.0, 0.5), vit_layers=(0,),
-                  llm_keeps=(1.0, 0.5), question_tokens=(None, 5), steps=300, n_train=8000, n_val=300, n_test=1000, repeats=3),
-    "full": dict(geometries=[(64, 8, 2), (64, 8, 4), (64, 8, 1), (48, 8, 2), (48, 16, 1), (32, 8, 2), (32, 8, 1),
-                             (64, 16, 1), (64, 16, 2)],
-                 vit_keeps=(1.0, 0.75, 0.5, 0.25), vit_layers=(0, 1), llm_keeps=(1.0, 0.5), question_tokens=(None, 5),
-                 steps=600, n_train=8000, n_val=1000, n_test=1000, repeats=5),
+    "quick": dict(geometries=[(64, 8, 2), (32, 8, 2)], vit_keeps=(1.0, 0.5), vit_layers=(0,), llm_keeps=(1.0, 0.5),
+                  question_tokens=(None, 5), steps=300, n_train=8000, n_val=300, n_test=1000, repeats=3),
+    "full": dict(geometries=[(64, 8, 2), (64, 8, 4), (48, 8, 2), (32, 8, 2), (64, 16, 1), (64, 16, 2)],
+                 vit_keeps=(1.0, 0.5, 0.25), vit_layers=(0,), llm_keeps=(1.0, 0.5), question_tokens=(None, 5),
+                 steps=400, n_train=8000, n_val=1000, n_test=1000, repeats=5),
 }
 CODE_PATHS = ("ann/cooptimize", "ann/models", "ann/train/vqa.py", "tasks/synthmed.py", "tasks/training.py")
 COLUMNS = ["config", "V", "val acc", "accel us", "accel uJ", "data movement %", "CPU ms", "front"]
@@ -63,8 +64,9 @@ def _large_mfm(args, log) -> Path:
     return folder / "model"
 
 
-def _adapted(base, base_dir: Path, geometry, train, steps: int, seed: int, cache_dir: Path, log, progress: bool):
-    """The fine-tuned model for ``geometry`` (cached) and its fine-tune record."""
+def _adapted(base, base_dir: Path, geometry, vit_keep: float, vit_layer: int, train, steps: int, seed: int, cache_dir: Path,
+             log, progress: bool):
+    """The model for ``geometry`` fine-tuned with ViT pruning ``vit_keep`` at ``vit_layer`` (cached), and its record."""
     from transformers import AutoModelForImageTextToText
 
     from ann.checkpoint import save_pretrained_atomic
@@ -72,22 +74,23 @@ def _adapted(base, base_dir: Path, geometry, train, steps: int, seed: int, cache
     from benchmarks.models import code_fingerprint
     from tasks.io import atomic_write_json, read_json
 
-    key = hashlib.sha256(json.dumps([str(base_dir.resolve()), geometry.label, steps, seed,
+    label = geometry.label + (f" vit{vit_keep:g}@{vit_layer}" if vit_keep < 1 else "")
+    key = hashlib.sha256(json.dumps([str(base_dir.resolve()), label, steps, seed,
                                      code_fingerprint(CODE_PATHS)]).encode()).hexdigest()[:12]
-    folder = cache_dir / "cooptimize" / f"{geometry.label.replace('/', '-')}-{key}"
+    folder = cache_dir / "cooptimize" / f"{label.replace('/', '-').replace(' ', '-')}-{key}"
     if (folder / "finetune.json").is_file():
-        log(f"{geometry.label}: cached ({folder})")
+        log(f"{label}: cached ({folder})")
         return AutoModelForImageTextToText.from_pretrained(folder / "model").eval(), read_json(folder / "finetune.json",
                                                                                              what="fine-tune record")
     model = adapt_geometry(base, geometry)
     t0 = time.perf_counter()
-    res = finetune(model, train(geometry.visual_tokens), steps=steps, seed=seed, progress=progress,
-                   desc=f"adapt {geometry.label}")
-    record = {"geometry": geometry.label, "steps": steps, "seconds": time.perf_counter() - t0,
+    res = finetune(model, train(geometry.visual_tokens), steps=steps, seed=seed, vit_keep=vit_keep, vit_layer=vit_layer,
+                   progress=progress, desc=f"adapt {label}")
+    record = {"variant": label, "steps": steps, "seconds": time.perf_counter() - t0,
               "final_loss": res.losses[-1][1] if res.losses else None}
     save_pretrained_atomic(model, folder / "model")
     atomic_write_json(folder / "finetune.json", record)
-    log(f"{geometry.label}: fine-tuned {steps} steps in {record['seconds']:.0f} s")
+    log(f"{label}: fine-tuned {steps} steps in {record['seconds']:.0f} s")
     return model, record
 
 
@@ -211,15 +214,17 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     reference = evaluate_mfm(base, tok, data("val", base.num_visual_tokens), splits["val"])["accuracy"]
     log(f"trained large MFM ({base_dir}): val accuracy {reference:.3f} before any fine-tune")
-    models, finetunes = {}, []
-    for g in space.geometries:
-        models[g], rec = _adapted(base, base_dir, g, lambda V: data("train", V), steps, args.seed, args.cache_dir, log,
-                                  not args.quiet)
-        finetunes.append(rec)
     rows, configs = [], space.configs()
+    models, finetunes = {}, []
+    for c in configs:
+        v = (c.geometry, c.vit_keep, c.vit_layer)
+        if v not in models:
+            models[v], rec = _adapted(base, base_dir, *v, lambda V: data("train", V), steps, args.seed, args.cache_dir,
+                                      log, not args.quiet)
+            finetunes.append(rec)
     for c in tqdm(configs, desc="measure", disable=args.quiet):
-        runner = TokenPrunedMFM(models[c.geometry], vit_keep=c.vit_keep, vit_layer=c.vit_layer, llm_keep=c.llm_keep,
-                                llm_layer=c.llm_layer)
+        runner = TokenPrunedMFM(models[c.geometry, c.vit_keep, c.vit_layer], vit_keep=c.vit_keep, vit_layer=c.vit_layer,
+                                llm_keep=c.llm_keep, llm_layer=c.llm_layer)
         d = data("val", c.geometry.visual_tokens, c.question_tokens)
         row = {**c.to_dict(), "val_accuracy": evaluate_mfm(runner, tok, d, splits["val"])["accuracy"],
                **_accel_cost(runner, d), "cpu_ms": _cpu_ms(runner, d, prof["repeats"])}
@@ -244,8 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
         if r is None:
             continue
         c = configs[rows.index(r)]
-        runner = TokenPrunedMFM(models[c.geometry], vit_keep=c.vit_keep, vit_layer=c.vit_layer, llm_keep=c.llm_keep,
-                                llm_layer=c.llm_layer)
+        runner = TokenPrunedMFM(models[c.geometry, c.vit_keep, c.vit_layer], vit_keep=c.vit_keep, vit_layer=c.vit_layer,
+                                llm_keep=c.llm_keep, llm_layer=c.llm_layer)
         test[name] = evaluate_mfm(runner, tok, data("test", c.geometry.visual_tokens, c.question_tokens), splits["test"])
         log(f"{name} {r['label']}: test accuracy {test[name]['accuracy']:.3f}")
     targets = [Target("accel_latency_reduction", 0.0, ">= 2.0x lower accelerator latency than the default (budget infeasible)", False),
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
         "space": {"geometries": [g.label for g in space.geometries], "vit_keeps": space.vit_keeps,
                   "vit_layers": space.vit_layers, "llm_keeps": space.llm_keeps, "llm_layers": space.llm_layers,
                   "question_tokens": space.question_tokens, "points": len(rows)},
-        "finetune": {"steps": steps, "per_geometry": finetunes},
+        "finetune": {"steps": steps, "per_variant": finetunes},
         "measurement": {"accuracy": f"greedy exact-match answer accuracy, validation split ({prof['n_val']} images x 3 "
                                     "questions) for the search, test split ({prof['n_test']} x 3) for default and chosen",
                         "accelerator": "traced at INT8 (weights, activations), neurohw.accel PRESETS['default'], flash "

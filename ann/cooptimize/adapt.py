@@ -20,11 +20,15 @@ __all__ = ["finetune"]
 
 
 def finetune(mfm: nn.Module, train: VQATensors, *, steps: int, lr: float = 3e-4, seed: int = 0,
-             images_per_batch: int = 32, progress: bool = True, desc: str = "adapt") -> LoopResult:
-    """Fine-tune ``mfm`` in place for ``steps`` optimizer steps on ``train`` (encoded for its visual tokens)."""
+             images_per_batch: int = 32, vit_keep: float = 1.0, vit_layer: int = 0, progress: bool = True,
+             desc: str = "adapt") -> LoopResult:
+    """Fine-tune ``mfm`` in place for ``steps`` optimizer steps on ``train`` (encoded for its visual tokens).
+
+    ``vit_keep`` / ``vit_layer``: train with ViT token pruning on (:class:`~ann.cooptimize.runner.TokenPrunedMFM`),
+    so the projector and decoder learn to read the features of tokens that skipped the later ViT layers."""
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps={steps!r} is invalid: an int >= 1 (skip the call for no fine-tuning)")
-    objective = VQAObjective(TokenPrunedMFM(mfm), aux_weight=0.0)
+    objective = VQAObjective(TokenPrunedMFM(mfm, vit_keep=vit_keep, vit_layer=vit_layer), aux_weight=0.0)
     config = LoopConfig(steps=steps, lr=lr, warmup_steps=min(50, steps // 10), weight_decay=0.01, seed=seed)
     torch.manual_seed(seed)
     mfm.train()

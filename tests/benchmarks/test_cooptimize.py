@@ -41,7 +41,8 @@ def test_cooptimize_end_to_end(tiny_mfm, tmp_path, monkeypatch):
     t = {x["name"]: x for x in r["targets"]}
     ratio = r["default"]["accel_latency_us"] / r["chosen"]["accel_latency_us"]
     assert t["accel_latency_reduction"]["measured"] == pytest.approx(ratio) and t["accel_latency_reduction"]["met"] == (ratio >= 2)
-    assert len(list((tmp_path / "cache" / "cooptimize").iterdir())) == 2  # one fine-tuned model per geometry
+    assert len(list((tmp_path / "cache" / "cooptimize").iterdir())) == 4  # one per (geometry, ViT pruning)
+    assert len(r["finetune"]["per_variant"]) == 4
 
     r2 = bco.main(argv[:-1] + ["--quiet", "--budget-latency-us", "0.001", "--out", str(tmp_path / "out2")])
     assert r2["chosen"] is None and "cheapest found is S32/P8/k2" in r2["infeasible"]
