@@ -44,7 +44,7 @@ PROFILE_SPACES = {
                   question_tokens=(None, 5), steps=300, n_train=8000, n_val=300, n_test=1000, repeats=3),
     "full": dict(geometries=[(64, 8, 2), (64, 8, 4), (48, 8, 2), (32, 8, 2), (64, 16, 1), (64, 16, 2)],
                  vit_keeps=(1.0, 0.5, 0.25), vit_layers=(0,), llm_keeps=(1.0, 0.5), question_tokens=(None, 5),
-                 steps=400, n_train=8000, n_val=1000, n_test=1000, repeats=5),
+                 steps=800, n_train=8000, n_val=1000, n_test=1000, repeats=5),
 }
 CODE_PATHS = ("ann/cooptimize", "ann/models", "ann/train/vqa.py", "tasks/synthmed.py", "tasks/training.py")
 COLUMNS = ["config", "V", "val acc", "accel us", "accel uJ", "data movement %", "CPU ms", "front"]

@@ -222,13 +222,16 @@ def greedy_answers(mfm: nn.Module, tokenizer, feats: torch.Tensor, ids: torch.Te
                    max_new_tokens: int = 3) -> tuple[list[str], torch.Tensor]:
     """Greedy answers (words up to ``<eos>``; ``" <no-eos>"`` appended when none came) of left-padded prompts
     ``ids``/``mask`` whose ``<image>`` slots hold ``feats`` (N, V, Dt), and each answer's confidence: the product of
-    its chosen tokens' probabilities, ``<eos>`` included (0 without ``<eos>``)."""
+    its chosen tokens' probabilities, ``<eos>`` included (0 without ``<eos>``). The ``<image>`` token is never
+    generated (its probability is 0)."""
     n = ids.shape[0]
     done = torch.zeros(n, dtype=torch.bool)
     conf = torch.ones(n, dtype=torch.float64)
     gen: list[list[int]] = [[] for _ in range(n)]
     for _ in range(max_new_tokens):
-        probs = torch.softmax(_sequence_logits(mfm, feats, ids, mask)[:, -1].double(), -1)  # (n, vocab)
+        logits = _sequence_logits(mfm, feats, ids, mask)[:, -1].double()  # (n, vocab)
+        logits[:, mfm.config.image_token_id] = float("-inf")  # never an answer; fed back, it would claim an image slot
+        probs = torch.softmax(logits, -1)
         p, nxt = probs.max(-1)
         conf = torch.where(done, conf, conf * p)
         for i in torch.nonzero(~done).flatten().tolist():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -159,3 +160,26 @@ def test_finetune_trains_an_adapted_model(mfm, tok):
     changed = [k for k, v in new.state_dict().items() if not torch.equal(v, before[k])]
     assert any("vision_tower" in k for k in changed) and any("language_model" in k for k in changed)
     assert dataclasses.is_dataclass(Geometry(32, 8, 2))
+
+
+@torch.no_grad()
+def test_greedy_answers_never_feed_back_an_image_token(mfm, tok, split):
+    """A model that prefers <image> (an untrained one, or one reading shortened questions) must not generate it: fed
+    back, it would claim an image slot that has no features (it crashed the co-optimization once)."""
+    from ann.train.vqa import greedy_answers
+
+    class PrefersImage(torch.nn.Module):
+        config = mfm.config
+
+        def get_input_embeddings(self):
+            return mfm.get_input_embeddings()
+
+        def forward(self, inputs_embeds, attention_mask, position_ids):
+            logits = mfm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids).logits
+            logits[..., mfm.config.image_token_id] = 1e4
+            return SimpleNamespace(logits=logits)
+
+    data = encode_vqa(split, tok, mfm.num_visual_tokens)
+    feats = image_features(mfm, data.images)[data.image_index]
+    texts, _ = greedy_answers(PrefersImage(), tok, feats, data.prompt_ids, data.prompt_mask)
+    assert len(texts) == len(data.answers) and not any(IMAGE_TOKEN in t for t in texts)
