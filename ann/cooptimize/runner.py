@@ -168,7 +168,7 @@ class TokenPrunedMFM(nn.Module):
             feats = self.get_image_features(pixel_values).pooler_output  # (B, V, Dt)
             embeds = self.get_input_embeddings()(input_ids)  # (B, L, Dt)
             slots = (input_ids == self.config.image_token_id).unsqueeze(-1)
-            if int(slots.sum()) != feats.shape[0] * feats.shape[1] * 1:
+            if int(slots.sum()) != feats.shape[0] * feats.shape[1]:
                 raise ValueError(f"input_ids hold {int(slots.sum())} <image> tokens, the images give "
                                  f"{feats.shape[0] * feats.shape[1]}: encode prompts with num_visual_tokens="
                                  f"{self.num_visual_tokens}")
