@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tasks.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-__all__ = ["PROFILES", "add_common_args", "machine_info", "versions", "Target", "format_table", "format_targets", "write_results", "save_figure", "Stopwatch"]
+__all__ = ["PROFILES", "add_common_args", "machine_info", "versions", "Target", "format_table", "format_targets", "write_results", "save_figure", "Stopwatch", "interleaved_medians"]
 
 PROFILES = ("quick", "full")
 
@@ -135,3 +135,20 @@ class Stopwatch:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._t0
+
+
+def interleaved_medians(fns: dict, repeats: int) -> tuple[dict[str, float], dict]:
+    """Median seconds per callable over ``repeats`` rounds, after one warm-up call each, and each one's warm-up
+    output. Every round calls all of them, starting at a rotating position, so all see the same drift of a shared
+    machine."""
+    import statistics
+
+    outs = {k: f() for k, f in fns.items()}
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}, outs

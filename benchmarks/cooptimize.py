@@ -208,13 +208,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     space = SearchSpace(geometries=tuple(Geometry(*g) for g in prof["geometries"]), vit_keeps=prof["vit_keeps"],
                         vit_layers=prof["vit_layers"], llm_keeps=prof["llm_keeps"], question_tokens=prof["question_tokens"])
+    configs = space.configs()
     default_config = InputConfig(space.geometries[0], vit_layer=space.vit_layers[0], llm_layer=space.llm_layers[0])
-    if default_config not in space.configs():
+    if default_config not in configs:
         raise ValueError("the search space must contain the default configuration (keep 1.0 and whole questions)")
     t_start = time.perf_counter()
     reference = evaluate_mfm(base, tok, data("val", base.num_visual_tokens), splits["val"])["accuracy"]
     log(f"trained large MFM ({base_dir}): val accuracy {reference:.3f} before any fine-tune")
-    rows, configs = [], space.configs()
+    rows = []
     models, finetunes = {}, []
     for c in configs:
         v = (c.geometry, c.vit_keep, c.vit_layer)

@@ -33,15 +33,14 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
 import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.common import (Target, add_common_args, format_table, format_targets, machine_info, save_figure, versions,
-                               write_results)
+from benchmarks.common import (Target, add_common_args, format_table, format_targets, interleaved_medians, machine_info,
+                               save_figure, versions, write_results)
 
 __all__ = ["PROFILES", "load_model", "vqa_inputs", "run_stages", "main"]
 
@@ -98,20 +97,6 @@ def vqa_inputs(model, tok, images: int) -> tuple[dict, dict]:
     px = px.unsqueeze(1) if px.dim() == 3 else px  # (N, C, S, S)
     inputs = {"input_ids": ids[:, keep:], "attention_mask": mask[:, keep:], "pixel_values": px}
     return inputs, {"split": "test", "images": images, "prompts": len(rows), "prompt_len": int(ids.shape[1] - keep)}
-
-
-def _timed(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per callable, interleaved in a rotating order after one warm-up call each."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for f in fns.values():
-        f()
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _accel(model, inputs: dict) -> dict:
@@ -181,8 +166,8 @@ def run_stages(model, tok, inputs: dict, *, repeats: int, gen_repeats: int, gen_
         s["tokens_identical"] = bool(torch.equal(gen[k], gen["unfused"]))
     log(f"timing {len(stages)} stages: forward x{repeats}, generate x{gen_repeats} (interleaved)")
     with torch.inference_mode():
-        fwd = _timed({k: (lambda m=s["model"]: m(**inputs)) for k, s in stages.items()}, repeats)
-        gtime = _timed({k: (lambda m=s["model"]: m.generate(**inputs, max_new_tokens=gen_tokens, do_sample=False))
+        fwd, _ = interleaved_medians({k: (lambda m=s["model"]: m(**inputs)) for k, s in stages.items()}, repeats)
+        gtime, _ = interleaved_medians({k: (lambda m=s["model"]: m.generate(**inputs, max_new_tokens=gen_tokens, do_sample=False))
                         for k, s in stages.items()}, gen_repeats)
     rows = []
     for k, s in stages.items():

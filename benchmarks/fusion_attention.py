@@ -26,7 +26,6 @@ import functools
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -36,8 +35,8 @@ from pathlib import Path
 import torch
 
 from ann.fusion.attention import IMPLEMENTATIONS, AttentionImpl, tiled_attention
-from benchmarks.common import (Stopwatch, add_common_args, format_table, machine_info, save_figure, versions,
-                               write_results)
+from benchmarks.common import (Stopwatch, add_common_args, format_table, interleaved_medians, machine_info, save_figure,
+                               versions, write_results)
 
 __all__ = ["LENGTHS", "long_sequence_comparison", "predicted_dram_bytes", "peak_memory", "main"]
 
@@ -132,18 +131,6 @@ def predicted_dram_bytes(length: int, *, heads: int, head_dim: int) -> dict:
     return out
 
 
-def _timed(fns: dict[str, Callable[[], torch.Tensor]], rounds: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Median seconds per callable (called in turn, after one warm-up each) and each one's warm-up output."""
-    outs = {k: f() for k, f in fns.items()}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}, outs
-
-
 def _conclusion(rows: list[dict]) -> str:
     def ratio(a, b) -> str:
         return f"{a / b:.2f}x" if a is not None and b else "n/a"
@@ -193,7 +180,7 @@ def long_sequence_comparison(profile: str, log: Callable[[str], None], *, length
                      if i is not AttentionImpl.NAIVE or naive_score_bytes(1, heads, length) <= NAIVE_LIMIT_BYTES]
             fns = {i.value: (lambda f=_fn(i): f(q, k, v)) for i in impls}
             with torch.no_grad():
-                secs, outs = _timed(fns, rounds)
+                secs, outs = interleaved_medians(fns, rounds)
             ref = outs.get("naive")
             row: dict = {"length": length}
             for i in _IMPLS:
