@@ -114,7 +114,7 @@ def _digits_ann(args: argparse.Namespace, profile: Profile, log: Callable[[str],
 
 
 def run_digits(args: argparse.Namespace, profile: Profile, log: Callable[[str], None]) -> tuple[list[dict], dict, list[Target]]:
-    from ann.train.classifier import evaluate
+    from tasks.classifier import evaluate
     from conversion import ConversionConfig, convert_sequential
     from neurohw.workload import Numeric, trace
     from quant import ptq_sequential

@@ -45,7 +45,7 @@ from benchmarks.common import (Stopwatch, Target, add_common_args, format_table,
 from benchmarks.models import code_fingerprint
 
 # the code a trained ANN here depends on (its hash is part of every cache key)
-CODE_PATHS = ("ann/models", "ann/train/classifier.py", "quant/qcfs.py", "tasks/digits.py", "tasks/synthmed.py")
+CODE_PATHS = ("ann/models", "tasks/classifier.py", "quant/qcfs.py", "tasks/digits.py", "tasks/synthmed.py")
 LEVELS = 8  # QCFS quantization levels of every ANN
 PEER_TARGET_MODELS = {"digits": "deep_cnn", "synthmed": "vit"}  # where ">= 5 points above SpikingJelly" is scored
 
@@ -115,7 +115,7 @@ def _sequential_accounting(snn, x: torch.Tensor) -> dict:
 
 def _evaluate(name: str, ann, data: dict, *, t_max: int, kind: str, log, batch: int, relu_ann=None) -> dict:
     """ANN accuracy, our conversion's and SpikingJelly's accuracy for T = 1..t_max, ablations, accounting."""
-    from ann.train.classifier import evaluate
+    from tasks.classifier import evaluate
     from conversion import ConversionConfig, convert_sequential
     from conversion.peer import spikingjelly_convert, spikingjelly_prefix_outputs
     from conversion.transformer import TransformerConversionConfig, convert_transformer, transformer_accounting

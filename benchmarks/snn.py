@@ -3,7 +3,7 @@
 Writes ``results/snn.json`` (+ ``snn.md``):
 
 - the spike-driven ViT (:class:`snn.models.Spikformer`) trained on digits with surrogate-gradient BPTT and direct
-  encoding (:func:`ann.train.classifier.train_classifier`, best validation epoch), its test accuracy, and its
+  encoding (:func:`tasks.classifier.train_classifier`, best validation epoch), its test accuracy, and its
   accounting on the test split from :mod:`neurohw.workload`: per-layer firing rates, synaptic operations, neuron
   updates and membrane-state memory;
 - training throughput of the same architecture, as samples per second over identical steps in this run: ours
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     log = (lambda _m: None) if args.quiet else (lambda m: print(f"[snn] {m}", file=sys.stderr, flush=True))
 
-    from ann.train.classifier import TrainConfig, evaluate, train_classifier
+    from tasks.classifier import TrainConfig, evaluate, train_classifier
     from snn.models import Spikformer, SpikformerConfig
     from tasks.digits import DigitsConfig, load_digits_split
 

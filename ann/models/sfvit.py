@@ -12,7 +12,7 @@ hd = D / H head width, P patch side, S image side, L question length.
     logits = head(norm(x)[:, 0])
 
 The input is ONE packed float tensor (pixels flattened, then the question's token ids as floats; ids are small
-integers, exact in float32), so that single-input tools (``ann.train.classifier``, FX-based converters) work on
+integers, exact in float32), so that single-input tools (``tasks.classifier``, FX-based converters) work on
 the VQA model unchanged. :meth:`SpikeFriendlyViT.pack` builds it.
 """
 

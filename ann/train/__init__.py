@@ -1,5 +1,5 @@
 """Training loops of the ANN track."""
 
-from ann.train.classifier import TrainConfig, TrainResult, train_classifier
+from tasks.classifier import TrainConfig, TrainResult, train_classifier
 
 __all__ = ["TrainConfig", "TrainResult", "train_classifier"]

@@ -6,7 +6,7 @@ import torch
 from ann.checkpoint import load_mlp, save_mlp
 from ann.models import MLPConfig, ReLUMLP
 from ann.train import TrainConfig, train_classifier
-from ann.train.classifier import evaluate
+from tasks.classifier import evaluate
 from tasks.digits import load_digits_split
 
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from ann.models import MLPConfig, ReLUMLP
 from ann.train import TrainConfig, train_classifier
-from ann.train.classifier import evaluate
+from tasks.classifier import evaluate
 from conversion import ConversionConfig, UnsupportedLayerError, check_convertible, convert_sequential
 from tasks.digits import load_digits_split
 

@@ -1,4 +1,4 @@
-"""Supervised training of a classifier on tensors (digits and other small tasks)."""
+"""Supervised training of a classifier on tensors (digits and other small tasks); shared by both tracks."""
 
 from __future__ import annotations
 
