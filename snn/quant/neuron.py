@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from snn.neurons import NeuronKind, NeuronSpec, check_time_layout
+from snn.nir import neuron_spec_of as nir_spec_of
 
 __all__ = ["is_neuron", "neuron_spec_of", "QuantNeuron", "membrane_range", "RANGE_QUANTILE"]
 
@@ -43,39 +44,18 @@ _MAX_SAMPLES = 1 << 20  # charges kept per layer for the range quantile (a unifo
 
 def is_neuron(module: nn.Module) -> bool:
     """True for the neuron layers of every engine of :mod:`snn.neurons` and for :class:`QuantNeuron`."""
-    if getattr(type(module), "is_spiking_neuron", False) is True or hasattr(module, "spec") and isinstance(
-            getattr(module, "spec"), NeuronSpec):
-        return True
-    from spikingjelly.activation_based.neuron import BaseNode
-
-    return isinstance(module, BaseNode)
+    return isinstance(module, QuantNeuron) or nir_spec_of(module) is not None
 
 
 def neuron_spec_of(module: nn.Module) -> tuple[NeuronSpec, float]:
-    """``(spec, 1/tau)`` of a neuron layer of any engine (PLIF: its learned ``1/tau``)."""
+    """``(spec, 1/tau)`` of a neuron layer of any engine (:func:`snn.nir.neuron_spec_of`; PLIF: its learned tau,
+    frozen; IF: ``1/tau = 0``, unused)."""
     if isinstance(module, QuantNeuron):
         return module.spec, module.inv_tau
-    spec = getattr(module, "spec", None)
-    if isinstance(spec, NeuronSpec):  # fused and snnTorch engines keep their spec
-        if spec.kind is NeuronKind.PLIF:
-            w = getattr(module, "w", None)
-            inv = torch.sigmoid(w).item() if w is not None else 1.0 - float(module.beta.clamp(0, 1))
-            return spec, inv
-        return spec, 1.0 / spec.tau
-    from spikingjelly.activation_based import neuron as sj
-
-    if not isinstance(module, sj.BaseNode):
-        raise TypeError(f"{type(module).__name__} is not a neuron layer of snn.neurons (SpikingJelly, snnTorch or fused)")
-    common = dict(v_threshold=float(module.v_threshold), v_reset=None if module.v_reset is None else float(module.v_reset),
-                  detach_reset=bool(module.detach_reset))
-    if isinstance(module, sj.ParametricLIFNode):
-        inv = torch.sigmoid(module.w).item()
-        return NeuronSpec(kind="plif", tau=1.0 / inv if inv < 1 else 1.0 + 1e-6, decay_input=module.decay_input, **common), inv
-    if isinstance(module, sj.LIFNode):
-        return NeuronSpec(kind="lif", tau=float(module.tau), decay_input=module.decay_input, **common), 1.0 / float(module.tau)
-    if isinstance(module, sj.IFNode):
-        return NeuronSpec(kind="if", **common), 0.0
-    raise TypeError(f"SpikingJelly neuron {type(module).__name__} is not supported (IF, LIF and PLIF are)")
+    spec = nir_spec_of(module)
+    if spec is None:
+        raise TypeError(f"{type(module).__name__} is not a neuron layer of snn.neurons (IF, LIF or PLIF on any engine)")
+    return spec, 0.0 if spec.kind is NeuronKind.IF else 1.0 / spec.tau
 
 
 def membrane_range(spec: NeuronSpec, charges: torch.Tensor) -> float:
