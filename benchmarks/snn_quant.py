@@ -36,6 +36,8 @@ PROFILE = {"quick": (30, 300, 60_000), "full": (60, 1500, 200_000)}
 VIT_CONSTRAINTS = dict(max_drop=0.02, max_memory_fraction=0.3)
 LM_CONSTRAINTS = dict(max_drop=0.05, max_memory_fraction=0.3)
 LM_VAL_WINDOWS, LM_SEQ = 24, 256
+CALIB = 256  # training images that calibrate the membrane ranges (and the flat search's sensitivities)
+LADDERS: dict = {}  # widths the searches may use (empty: snn.quant.search's WEIGHT_LADDER / MEMBRANE_LADDER)
 
 
 def _row(name: str, q, precision, *, val: float, test: float, ref_test: float, mem_ref: float, evaluations=None) -> dict:
@@ -53,7 +55,7 @@ def _searches(q, evaluate, constraints, log, what: str) -> dict:
         log(f"{what}: {name} search")
         with Stopwatch() as sw:
             try:
-                out[name] = fn(q, evaluate, constraints, progress=True)
+                out[name] = fn(q, evaluate, constraints, progress=True, **LADDERS)
             except ConstraintsUnsatisfiable as e:  # reported, not fatal: the other rows still stand
                 out[name] = e
         log(f"{what}: {name} search took {sw.seconds:.1f} s")
@@ -73,7 +75,7 @@ def run_vit(epochs: int, seed: int, log) -> dict:
     with Stopwatch() as train_sw:
         train_classifier(model, x_train=data["train"].x, y_train=data["train"].y, x_val=data["val"].x, y_val=data["val"].y,
                          config=TrainConfig(epochs=epochs, lr=3e-3, weight_decay=0.01, seed=seed), progress=True)
-    q = SpikingQuantizer(model, data["train"].x[:256])
+    q = SpikingQuantizer(model, data["train"].x[:CALIB])
     val = lambda m: evaluate(m, data["val"].x, data["val"].y)  # noqa: E731
     test = lambda m: evaluate(m, data["test"].x, data["test"].y)  # noqa: E731
     as_trained = spiking_memory(model, data["test"].x[:1]).total_bytes
@@ -165,9 +167,11 @@ def _plot(vit: dict, path) -> None:
         hist = [h for h in r["history"] if h["stage"] not in ("sensitivity", "reference")]
         ax.scatter([h["memory_bytes"] / 1e3 for h in hist], [h["score"] for h in hist], s=14, alpha=0.6,
                    label=f"{name}: {r['evaluations']} evaluations")
-    for row in vit["rows"]:
+    for row in vit["rows"][1:]:  # the model as trained sits next to the folded one
         ax.scatter([row["total_bytes"] / 1e3], [row["val"]], marker="*", s=90)
-        ax.annotate(row["name"], (row["total_bytes"] / 1e3, row["val"]), fontsize=6)
+        ax.annotate(row["name"], (row["total_bytes"] / 1e3, row["val"]), fontsize=6, rotation=20)
+    lo = min(r["val"] for r in vit["rows"]) - 0.06
+    ax.set_ylim(lo, 1.0)  # configurations far below every answer (a few collapse) are left out of view
     ax.set_xscale("log")
     ax.set_xlabel("memory, weights + membrane state (kB)")
     ax.set_ylabel("validation accuracy")

@@ -43,7 +43,7 @@ def neuron_spec_of(module: nn.Module) -> NeuronSpec | None:
         spec = module.spec
         if spec.kind is NeuronKind.PLIF:
             w = module.w if hasattr(module, "w") else None
-            tau = 1.0 / float(torch.sigmoid(w)) if w is not None else 1.0 / (1.0 - float(module.beta.clamp(0, 1)))
+            tau = 1.0 / float(torch.sigmoid(w.detach())) if w is not None else 1.0 / (1.0 - float(module.beta.detach().clamp(0, 1)))
             return NeuronSpec(kind="lif", tau=tau, v_threshold=spec.v_threshold, v_reset=spec.v_reset,
                               decay_input=spec.decay_input)
         return spec

@@ -9,7 +9,7 @@
 from neurohw.accel.attention import AttentionMode
 from neurohw.accel.config import PRESETS, AcceleratorConfig, Dataflow
 from neurohw.accel.gemm import GemmResult, compute_cycles, map_gemm
-from neurohw.accel.model import OpCost, WorkloadCost, map_op, map_workload
+from neurohw.accel.model import OpCost, WorkloadCost, inference_energy_pj, map_op, map_workload
 
 __all__ = ["AcceleratorConfig", "Dataflow", "PRESETS", "GemmResult", "map_gemm", "compute_cycles", "AttentionMode",
-           "OpCost", "WorkloadCost", "map_op", "map_workload"]
+           "OpCost", "WorkloadCost", "map_op", "map_workload", "inference_energy_pj"]

@@ -343,3 +343,24 @@ def workload_cost_fn(workload: Workload, *, attention: AttentionMode | str = Att
         c = map_workload(cfg, workload, attention=attention, fuse=fuse)
         return c.latency_s, c.energy_total_pj * 1e-12
     return cost
+
+
+def inference_energy_pj(model, x, *, timesteps: int | None = None, preset: str = "default", weight_bits: int = 8,
+                        act_bits: int = 8, state_bits: int = 16) -> float:
+    """Energy (pJ) of one inference of any torch ``model`` on the preset ``preset``: traced on the batch ``x``
+    (:func:`neurohw.workload.trace`, measured spike rates for a spiking model) with INT ``weight_bits`` weights,
+    ``act_bits`` activations and ``state_bits`` membranes, then mapped by :func:`map_workload`. ``timesteps``: T of
+    a multi-step spiking model; None reads ``model.timesteps`` or ``model.config.timesteps`` when the model has one
+    (an ANN has neither). The signature ``(model, x)`` with defaults is what :mod:`snn.nas` takes as its energy
+    objective (``--energy-fn neurohw.accel.model:inference_energy_pj``)."""
+    from neurohw.accel.config import PRESETS
+    from neurohw.workload import Numeric, trace
+
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}; choose one of {sorted(PRESETS)}")
+    if timesteps is None:
+        timesteps = getattr(model, "timesteps", None) or getattr(getattr(model, "config", None), "timesteps", None)
+    w = trace(model, x, timesteps=timesteps, numeric=Numeric.INT, weight_bits=weight_bits, act_bits=act_bits,
+              state_bits=state_bits)
+    return map_workload(PRESETS[preset], w).energy_total_pj
+
