@@ -111,31 +111,24 @@ def run_lm(steps: int, test_bytes: int, seed: int, log) -> dict:
     from ann.eval.lm import bits_per_byte
     from snn.models import SpikingLM, SpikingLMConfig
     from snn.quant import Constraints, SpikingQuantizer
+    from snn.quant.evaluators import byte_windows, neg_bits_per_byte
     from tasks.code import join_code_files, load_stdlib_corpus
 
     train = torch.tensor(list(join_code_files(load_stdlib_corpus("train")).encode("utf-8")), dtype=torch.uint8)
-    val_bytes = torch.tensor(list(join_code_files(load_stdlib_corpus("val")).encode("utf-8")), dtype=torch.uint8)
     held_out = [f.text for f in held_out_files(test_bytes, split="test")]
     torch.manual_seed(seed)
     lm = SpikingLM(SpikingLMConfig(max_positions=2 * LM_SEQ))
     log(f"spiking LM: training ({steps} steps of {LM_BATCH} x {LM_SEQ} bytes)")
     trained = train_and_score_lm(lm, train, held_out, steps=steps, seed=seed, log=log, name="spiking LM")
     lm.eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    starts = torch.randint(0, len(val_bytes) - LM_SEQ - 1, (LM_VAL_WINDOWS,), generator=g)
-    windows = torch.stack([val_bytes[i: i + LM_SEQ + 1] for i in starts.tolist()]).long()  # (W, N + 1)
-
-    @torch.no_grad()
-    def score(m) -> float:  # minus bits per byte on fixed validation windows (higher is better)
-        logits = m(windows[:, :-1])
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), windows[:, 1:].reshape(-1))
-        return -float(ce) / float(torch.log(torch.tensor(2.0)))
+    windows = byte_windows("val", n=LM_VAL_WINDOWS, seq=LM_SEQ, seed=seed + 1)
+    score = lambda m: neg_bits_per_byte(m, windows)  # noqa: E731  (higher is better)
 
     def test_bpb(m) -> float:
         return bits_per_byte(_LogitsOf(m), _ByteTokenizer(), held_out, context=2 * LM_SEQ, stride=3 * LM_SEQ // 2,
                              batch_size=4, progress=False).bits_per_byte
 
-    q = SpikingQuantizer(lm, windows[:8, :-1])
+    q = SpikingQuantizer(lm, byte_windows("train", n=8, seq=LM_SEQ, seed=seed)[:, :-1])
     mem_ref = q.memory().total_bytes
     found = _searches(q, score, Constraints(**LM_CONSTRAINTS), log, "spiking LM")
     ref_test = test_bpb(q.float_model)
