@@ -35,7 +35,7 @@ __all__ = ["main", "PROFILE"]
 # profile -> settings (see the module docstring); the full recipe's epochs are benchmarks.snn's
 PROFILE = {
     "quick": {"epochs": 30, "trials": 24, "fast_epochs": 3, "sample": 4, "top": 2, "seeds": 1, "train_samples": None},
-    "full": {"epochs": 60, "trials": 60, "fast_epochs": 4, "sample": 6, "top": 3, "seeds": 3, "train_samples": None},
+    "full": {"epochs": 60, "trials": 60, "fast_epochs": 4, "sample": 12, "top": 3, "seeds": 3, "train_samples": None},
 }
 ACCEL_PRESET = "default"  # inference_energy_pj's default preset
 ENERGY_NAME = "neurohw.accel.model:inference_energy_pj"  # the energy objective; a joining worker loads it by name

@@ -43,7 +43,7 @@ from torch import nn
 
 from snn import _kernel
 
-__all__ = ["NeuronKind", "Engine", "NeuronSpec", "neuron_step", "neuron_multistep", "build_neuron", "ENGINES",
+__all__ = ["NeuronKind", "Engine", "NeuronSpec", "charge", "neuron_step", "neuron_multistep", "build_neuron", "ENGINES",
            "check_time_layout", "FusedNeuron"]
 
 
@@ -112,6 +112,16 @@ def check_time_layout(x_seq: torch.Tensor, where: str) -> None:
                          "stack timesteps first (x.unsqueeze(0).expand(T, ...) for direct encoding)")
 
 
+def charge(spec: NeuronSpec, x: torch.Tensor, v: torch.Tensor, k: torch.Tensor | float) -> torch.Tensor:
+    """The charge ``H[t]`` of the module docstring from ``X[t]`` and ``V[t-1]``, with ``k = 1/tau`` (unused by IF)."""
+    if spec.kind is NeuronKind.IF:
+        return v + x
+    vr = spec.rest
+    if spec.decay_input:
+        return v + (x - (v - vr)) * k
+    return v - (v - vr) * k + x
+
+
 def neuron_step(spec: NeuronSpec, x: torch.Tensor, v: torch.Tensor, *, inv_tau: torch.Tensor | float | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One timestep of the dynamics in the module docstring: ``(S[t], V[t])`` from ``X[t]`` and ``V[t-1]``.
@@ -119,14 +129,8 @@ def neuron_step(spec: NeuronSpec, x: torch.Tensor, v: torch.Tensor, *, inv_tau: 
     ``inv_tau``: 1/tau (PLIF passes its learned ``sigmoid(w)``); default ``1 / spec.tau``. The spike uses a
     plain Heaviside (this is the reference for the engines' forward pass, not a training path).
     """
-    k = 1.0 / spec.tau if inv_tau is None else inv_tau
     vr = spec.rest
-    if spec.kind is NeuronKind.IF:
-        h = v + x
-    elif spec.decay_input:
-        h = v + (x - (v - vr)) * k
-    else:
-        h = v - (v - vr) * k + x
+    h = charge(spec, x, v, 1.0 / spec.tau if inv_tau is None else inv_tau)
     s = (h >= spec.v_threshold).to(h.dtype)
     v_next = h * (1 - s) + vr * s if spec.v_reset is not None else h - spec.v_threshold * s
     return s, v_next

@@ -33,7 +33,7 @@ import math
 import torch
 from torch import nn
 
-from snn.neurons import NeuronKind, NeuronSpec, check_time_layout
+from snn.neurons import NeuronKind, NeuronSpec, charge, check_time_layout
 from snn.nir import neuron_spec_of as nir_spec_of
 
 __all__ = ["is_neuron", "neuron_spec_of", "QuantNeuron", "membrane_range", "RANGE_QUANTILE"]
@@ -128,13 +128,7 @@ class QuantNeuron(nn.Module):
         v = torch.full_like(x_seq[0], vr)
         out = torch.empty_like(x_seq)
         for t in range(x_seq.shape[0]):
-            x = x_seq[t]
-            if spec.kind is NeuronKind.IF:
-                h = v + x
-            elif spec.decay_input:
-                h = v + (x - (v - vr)) * k
-            else:
-                h = v - (v - vr) * k + x
+            h = charge(spec, x_seq[t], v, k)
             if self.record:
                 self._keep(h)
             if self.scale is not None:

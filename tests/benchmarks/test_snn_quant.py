@@ -8,7 +8,7 @@ import benchmarks.snn_quant as bq
 
 
 def test_snn_quant_benchmark_writes_rows_searches_and_targets(tmp_path, monkeypatch):
-    monkeypatch.setattr(bq, "PROFILE", {"quick": (1, 2, 3000), "full": (1, 2, 3000)})
+    monkeypatch.setattr(bq, "PROFILE", {"quick": (1, 2, 3000, 2), "full": (1, 2, 3000, 2)})
     monkeypatch.setattr(bq, "LADDERS", {"weight_ladder": (8, 4), "membrane_ladder": (16, 8)})
     monkeypatch.setattr(bq, "LM_VAL_WINDOWS", 2)
     monkeypatch.setattr(bq, "CALIB", 32)
@@ -28,3 +28,5 @@ def test_snn_quant_benchmark_writes_rows_searches_and_targets(tmp_path, monkeypa
     assert out["lm"]["rows"][0]["test_bpb"] > 0 and saved["lm"]["items"] > 0
     assert {t["name"] for t in saved["targets"]} <= {"tiered_memory_saved_vs_fp32_spiking_vit", "tiered_test_accuracy_lost",
                                                      "flat_over_tiered_evaluations", "tiered_objective_minus_flat_objective"}
+    assert len(saved["vit_other_seeds"]) == 1 and saved["vit_other_seeds"][0]["seed"] == 1
+    assert all(r["flat_evaluations"] > r["tiered_evaluations"] for r in saved["search_comparison"])
