@@ -96,7 +96,7 @@ class QuantNeuron(nn.Module):
             raise ValueError(f"decay_bits={decay_bits!r}: use an int in 1..24, or None for a float decay")
         if membrane_bits is not None and not (v_range is not None and math.isfinite(v_range) and v_range > 0):
             raise ValueError(f"v_range={v_range!r}: a fixed-point membrane needs a calibrated range > 0 "
-                             "(snn.quant.quantize_spiking calibrates it)")
+                             "(snn.quant.SpikingQuantizer calibrates it)")
         self.spec, self.inv_tau = spec, float(inv_tau)
         self.membrane_bits, self.threshold_bits, self.decay_bits = membrane_bits, threshold_bits, decay_bits
         self.v_range, self.record = v_range, record
