@@ -4,6 +4,7 @@ PY := .venv/bin/python
 .PHONY: setup test compare clean-venv
 setup:
 	@bash scripts/setup.sh
+	@bash scripts/setup-tools.sh
 
 test: setup
 	$(PY) -m pytest

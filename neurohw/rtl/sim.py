@@ -1,0 +1,226 @@
+r"""Simulating the generated array with Icarus Verilog, and the integer reference it must equal bit for bit.
+
+Reference of one tile (``A`` (R, K) and ``B`` (K, C) signed integers of ``a_bits`` / ``b_bits``):
+
+    acc[i, j] = wrap_acc( sum_k A[i, k] B[k, j] )                      (two's complement, ``acc_bits``)
+    y[i, j]   = clamp((acc[i, j] * mult + 2^(shift-1)) >> shift, -2^(out_bits-1), 2^(out_bits-1) - 1)
+
+(``>>`` arithmetic, rounding towards -inf after adding half: round half up). A GEMM ``(M, K) @ (K, N)`` runs as
+``ceil(M / R) ceil(N / C)`` tiles one after another (zero padded at the edges), which is the fold loop of
+:mod:`neurohw.accel.gemm` without ``overlap_folds``: its cycles must equal
+``compute_cycles(M, N, K, R, C, "os", overlap=False)``.
+
+The test bench drives ``a_col`` / ``b_row`` from memories loaded with ``$readmemh``, counts the clock edges at which
+``busy`` is high, and prints the rows the array emits. ``iverilog`` compiles once per configuration (cached by a
+hash of the sources); a missing simulator raises :class:`SimulatorMissing` saying how set-up installs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from neurohw.rtl.generate import RtlConfig, verilog_sources
+
+__all__ = ["SimulatorMissing", "TileRun", "GemmRun", "reference_tile", "run_tile", "run_gemm"]
+
+_CACHE = Path(tempfile.gettempdir()) / "neuromfm-rtl"
+
+
+class SimulatorMissing(RuntimeError):
+    """Icarus Verilog (``iverilog`` / ``vvp``) is not on PATH."""
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SimulatorMissing(f"{name} (Icarus Verilog) is not installed: `make setup` installs it "
+                               "(scripts/setup.sh runs `apt-get install -y iverilog`), or install Debian's iverilog yourself")
+    return path
+
+
+def _testbench(cfg: RtlConfig, k_max: int) -> str:
+    R, C = cfg.rows, cfg.cols
+    return f"""`timescale 1ns/1ps
+module tb;
+    reg clk = 0, rst = 1, start = 0;
+    reg [{cfg.k_bits - 1}:0] k_len;
+    reg signed [31:0] mult;
+    reg [5:0] shift;
+    reg [{cfg.a_bits - 1}:0] amem [0:{R * k_max - 1}];
+    reg [{cfg.b_bits - 1}:0] bmem [0:{k_max * C - 1}];
+    wire [{cfg.k_bits - 1}:0] feed_index;
+    wire feed_valid, busy, done, out_valid;
+    wire [15:0] out_index;
+    wire [{C * cfg.out_bits - 1}:0] out_row;
+    reg [{R * cfg.a_bits - 1}:0] a_col;
+    reg [{C * cfg.b_bits - 1}:0] b_row;
+    integer i, cycles, fd, r;
+    reg [1023:0] afile, bfile;
+    always @(*) begin
+        for (i = 0; i < {R}; i = i + 1) a_col[i*{cfg.a_bits} +: {cfg.a_bits}] = amem[i * k_len + feed_index];
+        for (i = 0; i < {C}; i = i + 1) b_row[i*{cfg.b_bits} +: {cfg.b_bits}] = bmem[feed_index * {C} + i];
+    end
+    accel_top dut(.clk(clk), .rst(rst), .start(start), .k_len(k_len), .mult(mult), .shift(shift), .a_col(a_col),
+                  .b_row(b_row), .feed_index(feed_index), .feed_valid(feed_valid), .busy(busy), .done(done),
+                  .out_valid(out_valid), .out_index(out_index), .out_row(out_row));
+    always #1 clk = ~clk;
+    always @(posedge clk) begin
+        if (busy) cycles = cycles + 1;
+        if (out_valid) begin
+            $write("ROW %0d", out_index);
+            for (r = 0; r < {C}; r = r + 1) $write(" %0d", $signed(out_row[r*{cfg.out_bits} +: {cfg.out_bits}]));
+            $write("\\n");
+        end
+    end
+    initial begin
+        if (!$value$plusargs("A=%s", afile) || !$value$plusargs("B=%s", bfile) || !$value$plusargs("K=%d", k_len)
+            || !$value$plusargs("MULT=%d", mult) || !$value$plusargs("SHIFT=%d", shift)) begin
+            $display("ERROR missing plusargs"); $finish;
+        end
+        $readmemh(afile, amem);
+        $readmemh(bfile, bmem);
+        cycles = 0;
+        repeat ({R + C + 2}) @(negedge clk);  // flush the skew chains and operand registers with zeros
+        rst = 0;
+        @(negedge clk) start = 1;
+        @(negedge clk) start = 0;
+        @(posedge done);
+        @(posedge clk);  // the last row is printed at the edge after it was registered
+        @(negedge clk);
+        $display("CYCLES %0d", cycles);
+        $finish;
+    end
+endmodule
+"""
+
+
+def _compiled(cfg: RtlConfig, k_max: int) -> Path:
+    iverilog = _tool("iverilog")
+    key = hashlib.sha256(f"{cfg}{k_max}{(Path(__file__).parent / 'systolic_os.v').read_text()}{_testbench(cfg, k_max)}"
+                         .encode()).hexdigest()[:16]
+    work = _CACHE / key
+    exe = work / "sim.vvp"
+    if exe.exists():
+        return exe
+    tmp = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=_CACHE.mkdir(parents=True, exist_ok=True) or _CACHE))
+    sources = verilog_sources(cfg, tmp)
+    (tmp / "tb.v").write_text(_testbench(cfg, k_max))
+    res = subprocess.run([iverilog, "-g2012", "-o", str(tmp / "sim.vvp"), *map(str, sources), str(tmp / "tb.v")],
+                         capture_output=True, text=True, timeout=300)
+    if res.returncode != 0:
+        raise RuntimeError(f"iverilog failed for {cfg}:\n{res.stderr[-3000:]}")
+    try:
+        tmp.rename(work)
+    except OSError:  # another process compiled the same configuration first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return exe
+
+
+def _check_operand(x: np.ndarray, bits: int, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be integers, got {x.dtype}")
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if x.size and (x.min() < lo or x.max() > hi):
+        raise ValueError(f"{what} has values outside the {bits}-bit signed range [{lo}, {hi}]")
+    return x.astype(np.int64)
+
+
+def reference_tile(cfg: RtlConfig, a: np.ndarray, b: np.ndarray, *, mult: int, shift: int) -> np.ndarray:
+    """The integer result of the module docstring for ``a`` (M, K), ``b`` (K, N): (M, N) int64."""
+    a = _check_operand(a, cfg.a_bits, "A")
+    b = _check_operand(b, cfg.b_bits, "B")
+    acc = [[sum(int(a[i, k]) * int(b[k, j]) for k in range(a.shape[1])) for j in range(b.shape[1])] for i in range(a.shape[0])]
+    half, m = 1 << cfg.acc_bits, 1 << (cfg.acc_bits - 1)
+    lo, hi = -(1 << (cfg.out_bits - 1)), (1 << (cfg.out_bits - 1)) - 1
+    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
+    for i, row in enumerate(acc):
+        for j, v in enumerate(row):
+            v = ((v + m) % half) - m  # the accumulator wraps at acc_bits
+            out[i, j] = min(max((v * mult + (1 << (shift - 1))) >> shift, lo), hi)
+    return out
+
+
+@dataclass(frozen=True)
+class TileRun:
+    """One simulated tile: the rows the array emitted (R, C) and the busy cycles it took."""
+
+    out: np.ndarray
+    cycles: int
+
+
+def _hex(x: np.ndarray, bits: int) -> str:
+    mask = (1 << bits) - 1
+    return "\n".join(f"{int(v) & mask:x}" for v in x.reshape(-1)) + "\n"
+
+
+def run_tile(cfg: RtlConfig, a: np.ndarray, b: np.ndarray, *, mult: int = 1, shift: int = 1) -> TileRun:
+    """Simulate one tile: ``a`` (rows, K), ``b`` (K, cols) signed integers; returns its output and cycles."""
+    a = _check_operand(a, cfg.a_bits, "A")
+    b = _check_operand(b, cfg.b_bits, "B")
+    if a.shape[0] != cfg.rows or b.shape[1] != cfg.cols or a.shape[1] != b.shape[0]:
+        raise ValueError(f"a tile is A ({cfg.rows}, K) @ B (K, {cfg.cols}); got {a.shape} @ {b.shape}")
+    k = a.shape[1]
+    if not 1 <= k < (1 << cfg.k_bits) - cfg.rows - cfg.cols:
+        raise ValueError(f"K={k}: use 1 <= K < 2^k_bits - rows - cols ({(1 << cfg.k_bits) - cfg.rows - cfg.cols})")
+    if not (isinstance(shift, int) and 1 <= shift <= 62) or not (isinstance(mult, int) and -2**31 <= mult < 2**31):
+        raise ValueError(f"mult={mult!r}, shift={shift!r}: use a signed 32-bit multiplier and a shift in 1..62")
+    k_max = 1 << max(4, math.ceil(math.log2(k)))  # compile for a power of two, reuse for every smaller K
+    exe = _compiled(cfg, k_max)
+    with tempfile.TemporaryDirectory(prefix="rtl-run-") as d:
+        fa, fb = Path(d) / "a.hex", Path(d) / "b.hex"
+        fa.write_text(_hex(a, cfg.a_bits))
+        fb.write_text(_hex(b, cfg.b_bits))
+        res = subprocess.run([_tool("vvp"), "-n", str(exe), f"+A={fa}", f"+B={fb}", f"+K={k}", f"+MULT={mult}",
+                              f"+SHIFT={shift}"], capture_output=True, text=True, timeout=600)
+    if res.returncode != 0 or "CYCLES" not in res.stdout:
+        raise RuntimeError(f"simulation failed for {cfg}:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    out = np.zeros((cfg.rows, cfg.cols), dtype=np.int64)
+    cycles = None
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "ROW":
+            out[int(parts[1])] = [int(v) for v in parts[2:]]
+        elif parts and parts[0] == "CYCLES":
+            cycles = int(parts[1])
+    return TileRun(out=out, cycles=cycles)
+
+
+@dataclass(frozen=True)
+class GemmRun:
+    """A GEMM run tile by tile: the (M, N) result, the cycles of every tile and their sum."""
+
+    out: np.ndarray
+    tile_cycles: tuple[int, ...]
+
+    @property
+    def cycles(self) -> int:
+        return sum(self.tile_cycles)
+
+
+def run_gemm(cfg: RtlConfig, a: np.ndarray, b: np.ndarray, *, mult: int = 1, shift: int = 1) -> GemmRun:
+    """``a`` (M, K) @ ``b`` (K, N) as output-stationary tiles of the array, zero padded at the edges."""
+    a = _check_operand(a, cfg.a_bits, "A")
+    b = _check_operand(b, cfg.b_bits, "B")
+    M, K = a.shape
+    N = b.shape[1]
+    out = np.zeros((M, N), dtype=np.int64)
+    cycles = []
+    for i0 in range(0, M, cfg.rows):
+        for j0 in range(0, N, cfg.cols):
+            ta = np.zeros((cfg.rows, K), dtype=np.int64)
+            tb = np.zeros((K, cfg.cols), dtype=np.int64)
+            ta[: min(cfg.rows, M - i0)] = a[i0: i0 + cfg.rows]
+            tb[:, : min(cfg.cols, N - j0)] = b[:, j0: j0 + cfg.cols]
+            run = run_tile(cfg, ta, tb, mult=mult, shift=shift)
+            out[i0: i0 + cfg.rows, j0: j0 + cfg.cols] = run.out[: min(cfg.rows, M - i0), : min(cfg.cols, N - j0)]
+            cycles.append(run.cycles)
+    return GemmRun(out=out, tile_cycles=tuple(cycles))
