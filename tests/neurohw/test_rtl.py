@@ -46,6 +46,18 @@ def test_a_gemm_of_several_folds_matches_the_model_without_fold_overlap():
 
 
 @needs_iverilog
+@pytest.mark.parametrize("rows, cols, m, k, n", [(2, 3, 5, 2, 3), (4, 4, 10, 12, 7), (3, 2, 7, 8, 5)])
+def test_weight_stationary_folds_carry_partial_sums_and_match_the_model(rows, cols, m, k, n):
+    cfg = RtlConfig(rows=rows, cols=cols, dataflow="ws")
+    a, b = _operands(np.random.default_rng(m * k * n), cfg, m, k, n)
+    run = run_gemm(cfg, a, b, mult=3, shift=8)
+    np.testing.assert_array_equal(run.out, reference_tile(cfg, a, b, mult=3, shift=8))
+    folds = -(-k // rows) * -(-n // cols)
+    assert run.tile_cycles == (cfg.fold_cycles(m),) * folds
+    assert run.cycles == compute_cycles(m, n, k, rows, cols, "ws", False)
+
+
+@needs_iverilog
 def test_narrow_widths_and_a_wrapping_accumulator():
     cfg = RtlConfig(rows=3, cols=2, a_bits=4, b_bits=4, acc_bits=8, out_bits=8)
     a = np.full((3, 9), -8)
@@ -57,7 +69,7 @@ def test_narrow_widths_and_a_wrapping_accumulator():
 
 
 def test_configurations_it_cannot_generate_are_refused_by_name():
-    for kwargs, name in (({"dataflow": "ws"}, "dataflow"), ({"rows": 0}, "rows"), ({"cols": 65}, "cols"),
+    for kwargs, name in (({"dataflow": "is"}, "dataflow"), ({"rows": 0}, "rows"), ({"cols": 65}, "cols"),
                          ({"a_bits": 1}, "a_bits"), ({"acc_bits": 12}, "acc_bits"), ({"out_bits": 17}, "out_bits")):
         with pytest.raises(RtlConfigError, match=f"RtlConfig.{name}="):
             RtlConfig(**kwargs)
