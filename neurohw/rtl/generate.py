@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RtlConfig", "RtlConfigError", "from_accelerator", "verilog_sources", "SUPPORTED_DATAFLOWS"]
+__all__ = ["RtlConfig", "RtlConfigError", "from_accelerator", "verilog_sources", "resources", "SUPPORTED_DATAFLOWS"]
 
 SUPPORTED_DATAFLOWS = ("os", "ws")
 _HERE = Path(__file__).parent
@@ -57,6 +57,25 @@ class RtlConfig:
     def fold_cycles(self, t: int) -> int:
         """Cycles of one fold with ``t`` streamed elements (K for os, M for ws): what the RTL takes from start to done."""
         return 2 * self.rows + self.cols + t - 2
+
+
+def resources(cfg: RtlConfig) -> dict[str, int]:
+    """Resource counts of the generated array read off its structure (no synthesis tool): multipliers (one per PE),
+    register bits (PE operand / accumulator registers, skew chains, weights for ws) and requantization units."""
+    R, C, A, B, S = cfg.rows, cfg.cols, cfg.a_bits, cfg.b_bits, cfg.acc_bits
+    skew_a = R * (R - 1) // 2 * A
+    if cfg.dataflow == "os":
+        skew_b = C * (C - 1) // 2 * B
+        pe = R * C * (A + B + S)  # a and b pass-through registers, the accumulator
+        requant = C  # one row per cycle
+        out = C * cfg.out_bits
+    else:
+        skew_b = 0
+        pe = R * C * (A + S + B)  # a pass-through, partial-sum register, stationary weight
+        requant = C  # one per column, at the bottom
+        out = C * (S + cfg.out_bits)
+    return {"multipliers": R * C, "adders": R * C, "register_bits": pe + skew_a + skew_b + out,
+            "pe_register_bits": pe, "skew_register_bits": skew_a + skew_b, "requant_units": requant}
 
 
 def from_accelerator(cfg, *, a_bits: int = 8, b_bits: int = 8, out_bits: int = 8) -> RtlConfig:
