@@ -9,7 +9,9 @@ random over the whole INT8 range, extremes included) and compared with
 2. the cycle model of issue [H] (:func:`neurohw.accel.gemm.compute_cycles`, folds one after another): cycle for cycle.
 
 Also per configuration: resource counts read off the generated structure (:func:`neurohw.rtl.generate.resources`),
-compile and simulation wall time. Quick: arrays 4x4, 8x8, 16x16; full adds 32x32 (the ``default`` preset's array) and
+compile and simulation wall time. The LLM-aided path (:func:`run_dse_loop`, ``--no-llm`` leaves it out): the DSE of
+issue [H] with SmolLM2-135M-Instruct proposes a design, which is generated and simulated the same way; the report
+says how many of the evaluated designs came from the LLM and whether the chosen one verified. Quick: arrays 4x4, 8x8, 16x16; full adds 32x32 (the ``default`` preset's array) and
 a non-square 8x16.
 """
 
@@ -30,45 +32,96 @@ DATAFLOWS = ("os", "ws")
 # (M, K, N): one fold of a 4x4 array, several folds, and the shape of an MFM projection (17 tokens, 96 -> 96)
 SHAPES = ((4, 4, 4), (10, 12, 7), (17, 96, 96))
 MULT, SHIFT = 37, 14  # a requantization scale of about 37 / 2^14
+LLM_EVALS = {"quick": 6, "full": 12}  # designs the LLM-aided DSE evaluates before its best one becomes RTL
+
+
+def verify(cfg, rng, log) -> tuple[list[dict], dict]:
+    """Simulate every GEMM of :data:`SHAPES` on ``cfg``; the per-GEMM rows and the configuration's summary."""
+    from neurohw.accel.gemm import compute_cycles
+    from neurohw.rtl import reference_tile, run_gemm
+    from neurohw.rtl.generate import resources
+
+    runs = []
+    for (M, K, N) in SHAPES:
+        a = rng.integers(-128, 128, (M, K))
+        b = rng.integers(-128, 128, (K, N))
+        a[0, 0] = b[0, 0] = -128
+        t0 = time.perf_counter()
+        run = run_gemm(cfg, a, b, mult=MULT, shift=SHIFT)
+        secs = time.perf_counter() - t0
+        ref = reference_tile(cfg, a, b, mult=MULT, shift=SHIFT)
+        model = compute_cycles(M, N, K, cfg.rows, cfg.cols, cfg.dataflow, False)
+        r = {"array": f"{cfg.rows}x{cfg.cols}", "dataflow": cfg.dataflow, "M": M, "K": K, "N": N,
+             "folds": len(run.tile_cycles), "bit_exact": bool(np.array_equal(run.out, ref)), "rtl_cycles": run.cycles,
+             "model_cycles": model, "cycles_agree": run.cycles == model, "sim_seconds": secs}
+        runs.append(r)
+        log(f"{r['array']} {cfg.dataflow} ({M}, {K}, {N}): exact {r['bit_exact']}, cycles {run.cycles} vs model {model}, "
+            f"{secs:.2f} s")
+    return runs, {"rows": cfg.rows, "cols": cfg.cols, "dataflow": cfg.dataflow, "resources": resources(cfg),
+                  "all_bit_exact": all(r["bit_exact"] for r in runs), "all_cycles_agree": all(r["cycles_agree"] for r in runs)}
+
+
+def run_dse_loop(seed: int, n_evals: int, client, rng, log) -> dict:
+    """The LLM-aided path: the DSE of issue [H] (:func:`neurohw.accel.llm.run_llm`, SmolLM2-135M-Instruct offline
+    unless ``client`` is given) proposes a design for the GEMMs of :data:`SHAPES` in the part of the design space the
+    generator produces (arrays up to 32 x 32, dataflows os / ws, folds not overlapped: the RTL runs them one after
+    another); the best design becomes RTL (:func:`neurohw.rtl.from_accelerator`) and is simulated like the sweep."""
+    from neurohw.accel import AcceleratorConfig
+    from neurohw.accel.dse import Budget, DesignSpace, gemm_cost_fn
+    from neurohw.accel.llm import HFLocalClient, run_llm
+    from neurohw.accel.space import DEFAULT_CHOICES, DEFAULT_FIXED
+    from neurohw.rtl import RtlConfigError, from_accelerator
+
+    choices = {k: v for k, v in DEFAULT_CHOICES.items() if k != "overlap_folds"}
+    space = DesignSpace(choices={**choices, "rows": (4, 8, 16, 32), "cols": (4, 8, 16, 32), "dataflow": ("os", "ws")},
+                        fixed={**DEFAULT_FIXED, "overlap_folds": False})
+    if client is None:
+        from ann.models.smollm2 import load_smollm2
+
+        model, tok = load_smollm2(progress=False)
+        client = HFLocalClient(model=model, tokenizer=tok, max_new_tokens=96, temperature=0.7, seed=seed, prefill="{")
+    log(f"LLM-aided DSE: {n_evals} evaluations")
+    res = run_llm(space, gemm_cost_fn([(m, n, k) for m, k, n in SHAPES]), Budget(area_mm2=20.0, power_w=5.0), client,
+                  n_evals=n_evals, seed=seed, max_retries=1)
+    out = {"dse": res.to_dict(with_trials=False), "n_evals": n_evals}
+    if res.best is None:
+        out["outcome"] = "the DSE found no design within the budget; nothing to generate"
+        return out
+    best = AcceleratorConfig(**res.best.config)
+    out["chosen_design_source"] = res.best.source  # who proposed the design that was chosen
+    try:
+        cfg = from_accelerator(best)
+    except RtlConfigError as e:
+        out["outcome"] = f"the generator refused the chosen design: {e}"
+        return out
+    runs, config = verify(cfg, rng, log)
+    ok = config["all_bit_exact"] and config["all_cycles_agree"]
+    out.update(runs=runs, configuration=config, verified=ok,
+               outcome=f"{cfg.rows}x{cfg.cols} {cfg.dataflow}: generated and simulated, "
+                       f"{'bit-exact and cycle-exact' if ok else 'MISMATCH'} on {len(runs)} GEMMs")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.rtl", description=__doc__.split("\n\n")[0])
     add_common_args(p)
+    p.add_argument("--no-llm", dest="llm", action="store_false",
+                   help="leave out the LLM-aided loop (SmolLM2-135M proposes a design on the CPU: a minute or two)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     log = (lambda _m: None) if args.quiet else (lambda m: print(f"[rtl] {m}", file=sys.stderr, flush=True))
 
-    from neurohw.accel.gemm import compute_cycles
-    from neurohw.rtl import RtlConfig, reference_tile, run_gemm
-    from neurohw.rtl.generate import resources
+    from neurohw.rtl import RtlConfig
 
     rng = np.random.default_rng(args.seed)
     rows, configs = [], []
     with Stopwatch() as sw:
         for (R, C) in ARRAYS[args.profile]:
             for df in DATAFLOWS:
-                cfg = RtlConfig(rows=R, cols=C, dataflow=df)
-                runs = []
-                for (M, K, N) in SHAPES:
-                    a = rng.integers(-128, 128, (M, K))
-                    b = rng.integers(-128, 128, (K, N))
-                    a[0, 0] = b[0, 0] = -128
-                    t0 = time.perf_counter()
-                    run = run_gemm(cfg, a, b, mult=MULT, shift=SHIFT)
-                    secs = time.perf_counter() - t0
-                    ref = reference_tile(cfg, a, b, mult=MULT, shift=SHIFT)
-                    model = compute_cycles(M, N, K, R, C, df, False)
-                    r = {"array": f"{R}x{C}", "dataflow": df, "M": M, "K": K, "N": N, "folds": len(run.tile_cycles),
-                         "bit_exact": bool(np.array_equal(run.out, ref)), "rtl_cycles": run.cycles, "model_cycles": model,
-                         "cycles_agree": run.cycles == model, "sim_seconds": secs}
-                    runs.append(r)
-                    rows.append(r)
-                    log(f"{R}x{C} {df} ({M}, {K}, {N}): exact {r['bit_exact']}, cycles {run.cycles} vs model {model}, "
-                        f"{secs:.2f} s")
-                configs.append({"rows": R, "cols": C, "dataflow": df, "resources": resources(cfg),
-                                "all_bit_exact": all(r["bit_exact"] for r in runs),
-                                "all_cycles_agree": all(r["cycles_agree"] for r in runs)})
+                runs, config = verify(RtlConfig(rows=R, cols=C, dataflow=df), rng, log)
+                rows += runs
+                configs.append(config)
+        loop = None if not args.llm else run_dse_loop(args.seed, LLM_EVALS[args.profile], None, rng, log)
     sizes = {(c["rows"], c["cols"]) for c in configs if c["all_bit_exact"] and c["all_cycles_agree"]}
     flows = {c["dataflow"] for c in configs if c["all_bit_exact"] and c["all_cycles_agree"]}
     ok = all(c["all_bit_exact"] and c["all_cycles_agree"] for c in configs)
@@ -76,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                Target("array_sizes_verified", float(len(sizes)), ">= 3", len(sizes) >= 3),
                Target("dataflows_verified", float(len(flows)), ">= 2", len(flows) >= 2)]
     payload = {"profile": args.profile, "seed": args.seed, "requant": {"mult": MULT, "shift": SHIFT}, "runs": rows,
+               "llm_loop": loop,
                "configurations": configs, "targets": [t.to_dict() for t in targets], "wall_seconds": sw.seconds,
                "machine": machine_info(), "versions": versions()}
     headers = ["array", "dataflow", "M", "K", "N", "folds", "bit exact", "RTL cycles", "model cycles", "agree", "sim s"]
@@ -86,6 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
     md = ["# The accelerator as RTL (benchmarks.rtl)", "", f"Profile `{args.profile}`, {sw.seconds:.0f} s, Icarus Verilog.", "",
           format_table(headers, table, markdown=True), "", "## Resources (read off the generated structure)", "",
           format_table(["array", "dataflow", "multipliers", "register bits", "requant units"], res_table, markdown=True), "",
+          "## LLM-aided loop (DSE proposal -> RTL -> simulation)", "",
+          (loop["outcome"] + (f"; DSE: {loop['dse']['details'].get('llm_calls')} LLM calls, valid-reply rate "
+                              f"{loop['dse']['details'].get('valid_reply_rate')}, designs from the LLM "
+                              f"{loop['dse']['details'].get('accepted_from_llm')} of {loop['dse']['evals']}, fallbacks "
+                              f"{loop['dse']['details'].get('fallbacks')}") if loop else "not run (--no-llm)"), "",
           "## Targets", "", format_targets(targets, markdown=True), ""]
     write_results(args.out, "rtl", payload, markdown="\n".join(md))
     if not args.quiet:
