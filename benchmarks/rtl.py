@@ -8,8 +8,9 @@ random over the whole INT8 range, extremes included) and compared with
 1. the integer reference (:func:`neurohw.rtl.reference_tile`): bit for bit, and
 2. the cycle model of issue [H] (:func:`neurohw.accel.gemm.compute_cycles`, folds one after another): cycle for cycle.
 
-Also per configuration: resource counts read off the generated structure (:func:`neurohw.rtl.generate.resources`),
-compile and simulation wall time. The LLM-aided path (:func:`run_dse_loop`, ``--no-llm`` leaves it out): the DSE of
+Also per configuration: resource counts read off the generated structure (:func:`neurohw.rtl.generate.resources`)
+and yosys' word-level statistics of the elaborated RTL (:func:`neurohw.rtl.synth.yosys_stat`: multipliers, flip-flop
+bits, cells), compile and simulation wall time. The LLM-aided path (:func:`run_dse_loop`, ``--no-llm`` leaves it out): the DSE of
 issue [H] with SmolLM2-135M-Instruct proposes a design, which is generated and simulated the same way; the report
 says how many of the evaluated designs came from the LLM and whether the chosen one verified. Quick: arrays 4x4, 8x8, 16x16; full adds 32x32 (the ``default`` preset's array) and
 a non-square 8x16.
@@ -58,7 +59,20 @@ def verify(cfg, rng, log) -> tuple[list[dict], dict]:
         log(f"{r['array']} {cfg.dataflow} ({M}, {K}, {N}): exact {r['bit_exact']}, cycles {run.cycles} vs model {model}, "
             f"{secs:.2f} s")
     return runs, {"rows": cfg.rows, "cols": cfg.cols, "dataflow": cfg.dataflow, "resources": resources(cfg),
+                  "yosys": _yosys(cfg, log),
                   "all_bit_exact": all(r["bit_exact"] for r in runs), "all_cycles_agree": all(r["cycles_agree"] for r in runs)}
+
+
+def _yosys(cfg, log) -> dict | None:
+    """yosys' word-level counts (:func:`neurohw.rtl.synth.yosys_stat`), or None without yosys (said once in the log)."""
+    from neurohw.rtl.synth import YosysMissing, yosys_stat
+
+    try:
+        s = yosys_stat(cfg)
+    except YosysMissing as e:
+        log(str(e))
+        return None
+    return {k: s[k] for k in ("cells", "multipliers", "multipliers_by_width", "flipflop_bits")}
 
 
 def run_dse_loop(seed: int, n_evals: int, client, rng, log) -> dict:
@@ -136,10 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
     table = [[r["array"], r["dataflow"], r["M"], r["K"], r["N"], r["folds"], r["bit_exact"], r["rtl_cycles"],
               r["model_cycles"], r["cycles_agree"], r["sim_seconds"]] for r in rows]
     res_table = [[f"{c['rows']}x{c['cols']}", c["dataflow"], c["resources"]["multipliers"], c["resources"]["register_bits"],
-                  c["resources"]["requant_units"]] for c in configs]
+                  c["resources"]["requant_units"], *((c["yosys"]["multipliers"], c["yosys"]["flipflop_bits"], c["yosys"]["cells"])
+                                                      if c["yosys"] else ("-", "-", "-"))] for c in configs]
     md = ["# The accelerator as RTL (benchmarks.rtl)", "", f"Profile `{args.profile}`, {sw.seconds:.0f} s, Icarus Verilog.", "",
           format_table(headers, table, markdown=True), "", "## Resources (read off the generated structure)", "",
-          format_table(["array", "dataflow", "multipliers", "register bits", "requant units"], res_table, markdown=True), "",
+          format_table(["array", "dataflow", "PE multipliers", "register bits", "requant units", "yosys $mul cells",
+                        "yosys flip-flop bits", "yosys cells"], res_table, markdown=True), "",
           "## LLM-aided loop (DSE proposal -> RTL -> simulation)", "",
           (loop["outcome"] + (f"; DSE: {loop['dse']['details'].get('llm_calls')} LLM calls, valid-reply rate "
                               f"{loop['dse']['details'].get('valid_reply_rate')}, designs from the LLM "

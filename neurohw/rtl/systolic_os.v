@@ -107,7 +107,8 @@ module systolic_os #(
         end
     endfunction
 
-    integer c;
+    integer c, rr;
+    reg signed [ACCW-1:0] sel;
     always @(posedge clk) begin
         done <= 1'b0;
         out_valid <= 1'b0;
@@ -126,8 +127,12 @@ module systolic_os #(
             end
             cycle <= cycle + 1;
         end else if (busy && draining) begin
-            for (c = 0; c < C; c = c + 1)
-                out_row[c*OW +: OW] <= requant(acc[drain_row][c]);
+            for (c = 0; c < C; c = c + 1) begin
+                sel = {ACCW{1'b0}};  // a row multiplexer (indexing acc[drain_row] would make an address multiplier)
+                for (rr = 0; rr < R; rr = rr + 1)
+                    if (drain_row == rr) sel = acc[rr][c];
+                out_row[c*OW +: OW] <= requant(sel);
+            end
             out_valid <= 1'b1;
             out_index <= drain_row;
             if (drain_row == R - 1) begin

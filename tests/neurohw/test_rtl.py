@@ -85,3 +85,21 @@ def test_a_missing_simulator_says_how_set_up_installs_it(monkeypatch):
     monkeypatch.setattr(sim.shutil, "which", lambda name: None)
     with pytest.raises(SimulatorMissing, match="make setup"):
         run_tile(RtlConfig(rows=1, cols=1), np.ones((1, 2), dtype=int), np.ones((2, 1), dtype=int))
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is not installed (make setup installs it)")
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_yosys_counts_one_multiplier_per_pe_plus_the_requantizers(dataflow):
+    from neurohw.rtl.synth import yosys_stat
+
+    s = yosys_stat(RtlConfig(rows=2, cols=3, dataflow=dataflow))
+    assert s["multipliers_by_width"] == {"$mul_16": 6, "$mul_64": 3}  # 8 x 8 -> 16-bit products; 32 x 32-bit requant
+    assert s["flipflop_bits"] >= 6 * 32  # at least the accumulators / partial sums
+
+
+def test_missing_yosys_says_how_set_up_installs_it(monkeypatch):
+    import neurohw.rtl.synth as synth
+
+    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    with pytest.raises(synth.YosysMissing, match="make setup"):
+        synth.yosys_stat(RtlConfig(rows=1, cols=1))
