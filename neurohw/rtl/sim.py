@@ -181,7 +181,8 @@ def _compiled(cfg: RtlConfig, k_max: int) -> Path:
     exe = work / "sim.vvp"
     if exe.exists():
         return exe
-    tmp = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=_CACHE.mkdir(parents=True, exist_ok=True) or _CACHE))
+    _CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=_CACHE))  # compiled aside, then renamed into place
     sources = verilog_sources(cfg, tmp)
     (tmp / "tb.v").write_text(bench)
     res = subprocess.run([iverilog, "-g2012", "-o", str(tmp / "sim.vvp"), *map(str, sources), str(tmp / "tb.v")],
