@@ -27,6 +27,8 @@ if [ "$(id -u)" != "0" ]; then
   fi
 fi
 log "installing ${missing[*]} from Debian's packages"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+  log "WARNING: apt-get could not install ${missing[*]}; the RTL tests skip without them (run scripts/setup-tools.sh again)"
+  exit 0
+fi
 log "installed: $(iverilog -V 2>&1 | head -n 1); $(yosys -V 2>&1 | head -n 1)"
