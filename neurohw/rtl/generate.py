@@ -1,5 +1,6 @@
 r"""Verilog for an accelerator configuration: the INT systolic MAC array with its dataflow, accumulators and
-requantization (``systolic_os.v`` / ``systolic_ws.v``, parameterized), instantiated with the widths of one
+requantization (``systolic_os.v`` / ``systolic_ws.v`` with the shared skew lines and requantizer of ``common.v``,
+parameterized), instantiated with the widths of one
 :class:`RtlConfig` in a top module ``accel_top``.
 
 Supported (anything else is refused with the parameter named, :class:`RtlConfigError`):
@@ -89,8 +90,9 @@ def verilog_sources(cfg: RtlConfig, out_dir: str | Path) -> list[Path]:
     returns the files, in compile order."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    core = out / f"systolic_{cfg.dataflow}.v"
-    core.write_text((_HERE / core.name).read_text())
+    common, core = out / "common.v", out / f"systolic_{cfg.dataflow}.v"
+    for f in (common, core):
+        f.write_text((_HERE / f.name).read_text())
     params = (f"#(.R({cfg.rows}), .C({cfg.cols}), .AW({cfg.a_bits}), .BW({cfg.b_bits}), .ACCW({cfg.acc_bits}), "
               f".OW({cfg.out_bits}), .KW({cfg.k_bits}))")
     R, C, KW = cfg.rows, cfg.cols, cfg.k_bits
@@ -121,4 +123,4 @@ module accel_top (
     systolic_{cfg.dataflow} {params} array ({conns});
 endmodule
 """)
-    return [core, top]
+    return [common, core, top]

@@ -175,7 +175,7 @@ endmodule
 def _compiled(cfg: RtlConfig, k_max: int) -> Path:
     iverilog = _tool("iverilog")
     bench = (_testbench if cfg.dataflow == "os" else _testbench_ws)(cfg, k_max)
-    core = (Path(__file__).parent / f"systolic_{cfg.dataflow}.v").read_text()
+    core = "".join((Path(__file__).parent / f).read_text() for f in ("common.v", f"systolic_{cfg.dataflow}.v"))
     key = hashlib.sha256(f"{cfg}{k_max}{core}{bench}".encode()).hexdigest()[:16]
     work = _CACHE / key
     exe = work / "sim.vvp"

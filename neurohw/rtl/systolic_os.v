@@ -6,8 +6,7 @@
 // multiplies A[i, k] B[k, j] at cycle k + i + j. The last product lands at cycle K + R + C - 3, so compute takes
 // K + R + C - 2 cycles; the drain then emits one requantized row per cycle (R cycles):
 //     busy cycles = 2R + C + K - 2.
-// Requantization of an accumulator a (ACCW-bit, two's complement, wrapping):
-//     y = clamp((a * MULT + 2^(SHIFT-1)) >>> SHIFT, -2^(OW-1), 2^(OW-1) - 1)      (SHIFT >= 1)
+// Requantization of an accumulator (ACCW-bit, two's complement, wrapping): module requant of common.v.
 module systolic_os #(
     parameter R = 4, parameter C = 4, parameter AW = 8, parameter BW = 8, parameter ACCW = 32, parameter OW = 8,
     parameter KW = 16
@@ -47,37 +46,13 @@ module systolic_os #(
     reg  signed [BW-1:0] b_reg [0:R-1][0:C-1];
     reg  signed [ACCW-1:0] acc [0:R-1][0:C-1];
 
-    genvar i, j, d;
+    genvar i, j;
     generate
         for (i = 0; i < R; i = i + 1) begin : rows
-            wire signed [AW-1:0] a_in = feed_valid ? a_col[i*AW +: AW] : {AW{1'b0}};
-            if (i == 0) begin : noskew
-                assign a_edge[i] = a_in;
-            end else begin : skew
-                reg signed [AW-1:0] chain [0:i-1];
-                always @(posedge clk) begin
-                    chain[0] <= a_in;
-                end
-                for (d = 1; d < i; d = d + 1) begin : stage
-                    always @(posedge clk) chain[d] <= chain[d-1];
-                end
-                assign a_edge[i] = chain[i-1];
-            end
+            skew_line #(.W(AW), .D(i)) skew(.clk(clk), .din(feed_valid ? a_col[i*AW +: AW] : {AW{1'b0}}), .dout(a_edge[i]));
         end
         for (j = 0; j < C; j = j + 1) begin : cols
-            wire signed [BW-1:0] b_in = feed_valid ? b_row[j*BW +: BW] : {BW{1'b0}};
-            if (j == 0) begin : noskew
-                assign b_edge[j] = b_in;
-            end else begin : skew
-                reg signed [BW-1:0] chain [0:j-1];
-                always @(posedge clk) begin
-                    chain[0] <= b_in;
-                end
-                for (d = 1; d < j; d = d + 1) begin : stage
-                    always @(posedge clk) chain[d] <= chain[d-1];
-                end
-                assign b_edge[j] = chain[j-1];
-            end
+            skew_line #(.W(BW), .D(j)) skew(.clk(clk), .din(feed_valid ? b_row[j*BW +: BW] : {BW{1'b0}}), .dout(b_edge[j]));
         end
         for (i = 0; i < R; i = i + 1) begin : pe_r
             for (j = 0; j < C; j = j + 1) begin : pe_c
@@ -95,20 +70,23 @@ module systolic_os #(
         end
     endgenerate
 
-    // requantization of one accumulator
-    function signed [OW-1:0] requant(input signed [ACCW-1:0] a);
-        reg signed [ACCW+32:0] p;
-        reg signed [ACCW+32:0] lo, hi;
-        begin
-            p = ($signed(a) * $signed(mult) + ($signed({{(ACCW+32){1'b0}}, 1'b1}) <<< (shift - 1))) >>> shift;
-            lo = -($signed({{(ACCW+32){1'b0}}, 1'b1}) <<< (OW - 1));
-            hi = ($signed({{(ACCW+32){1'b0}}, 1'b1}) <<< (OW - 1)) - 1;
-            requant = (p < lo) ? lo[OW-1:0] : (p > hi) ? hi[OW-1:0] : p[OW-1:0];
+    // the drain: row drain_row of the accumulators through one requantizer per column (common.v). A row
+    // multiplexer (indexing acc[drain_row] would make an address multiplier for widths that are not powers of two)
+    wire signed [OW-1:0] q [0:C-1];
+    generate
+        for (j = 0; j < C; j = j + 1) begin : drain
+            reg signed [ACCW-1:0] sel;
+            integer rr;
+            always @(*) begin
+                sel = {ACCW{1'b0}};
+                for (rr = 0; rr < R; rr = rr + 1)
+                    if (drain_row == rr) sel = acc[rr][j];
+            end
+            requant #(.ACCW(ACCW), .OW(OW)) rq(.a(sel), .mult(mult), .shift(shift), .y(q[j]));
         end
-    endfunction
+    endgenerate
 
-    integer c, rr;
-    reg signed [ACCW-1:0] sel;
+    integer c;
     always @(posedge clk) begin
         done <= 1'b0;
         out_valid <= 1'b0;
@@ -127,12 +105,8 @@ module systolic_os #(
             end
             cycle <= cycle + 1;
         end else if (busy && draining) begin
-            for (c = 0; c < C; c = c + 1) begin
-                sel = {ACCW{1'b0}};  // a row multiplexer (indexing acc[drain_row] would make an address multiplier)
-                for (rr = 0; rr < R; rr = rr + 1)
-                    if (drain_row == rr) sel = acc[rr][c];
-                out_row[c*OW +: OW] <= requant(sel);
-            end
+            for (c = 0; c < C; c = c + 1)
+                out_row[c*OW +: OW] <= q[c];
             out_valid <= 1'b1;
             out_index <= drain_row;
             if (drain_row == R - 1) begin

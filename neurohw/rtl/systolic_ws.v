@@ -9,7 +9,7 @@
 // last one (m = M-1, j = C-1): M + R + C - 2 cycles, so
 //     busy cycles = R + (M + R + C - 2) = 2R + C + M - 2.
 // Row 0 adds a partial sum P[m, j] from the output buffer (the previous K fold's result, or 0), so a GEMM with
-// K > R accumulates over folds; with ``last_fold`` the bottom emits y = requant(sum) (the rule of systolic_os.v),
+// K > R accumulates over folds; with ``last_fold`` the bottom emits y = requant(sum) (module requant of common.v),
 // otherwise the raw ACCW-bit sum.
 module systolic_ws #(
     parameter R = 4, parameter C = 4, parameter AW = 8, parameter BW = 8, parameter ACCW = 32, parameter OW = 8,
@@ -54,20 +54,10 @@ module systolic_ws #(
     wire signed [AW-1:0]   a_op [0:R-1][0:C-1];
     wire signed [ACCW-1:0] p_op [0:R-1][0:C-1];
 
-    genvar r, j, d;
+    genvar r, j;
     generate
         for (r = 0; r < R; r = r + 1) begin : rows
-            wire signed [AW-1:0] a_in = feed_valid ? a_row[r*AW +: AW] : {AW{1'b0}};
-            if (r == 0) begin : noskew
-                assign a_edge[r] = a_in;
-            end else begin : skew
-                reg signed [AW-1:0] chain [0:r-1];
-                always @(posedge clk) chain[0] <= a_in;
-                for (d = 1; d < r; d = d + 1) begin : stage
-                    always @(posedge clk) chain[d] <= chain[d-1];
-                end
-                assign a_edge[r] = chain[r-1];
-            end
+            skew_line #(.W(AW), .D(r)) skew(.clk(clk), .din(feed_valid ? a_row[r*AW +: AW] : {AW{1'b0}}), .dout(a_edge[r]));
         end
         for (r = 0; r < R; r = r + 1) begin : pe_r
             for (j = 0; j < C; j = j + 1) begin : pe_c
@@ -84,22 +74,13 @@ module systolic_ws #(
         end
     endgenerate
 
-    function signed [OW-1:0] requant(input signed [ACCW-1:0] a);
-        reg signed [ACCW+32:0] p;
-        reg signed [ACCW+32:0] lo, hi;
-        begin
-            p = ($signed(a) * $signed(mult) + ($signed({{(ACCW+32){1'b0}}, 1'b1}) <<< (shift - 1))) >>> shift;
-            lo = -($signed({{(ACCW+32){1'b0}}, 1'b1}) <<< (OW - 1));
-            hi = ($signed({{(ACCW+32){1'b0}}, 1'b1}) <<< (OW - 1)) - 1;
-            requant = (p < lo) ? lo[OW-1:0] : (p > hi) ? hi[OW-1:0] : p[OW-1:0];
-        end
-    endfunction
-
     // column j's sum for row m is formed in PE (R-1, j) during stream cycle m + R - 1 + j and emitted at its edge
     wire signed [ACCW-1:0] colsum [0:C-1];
+    wire signed [OW-1:0]   q [0:C-1];
     generate
         for (j = 0; j < C; j = j + 1) begin : bottom
             assign colsum[j] = p_op[R-1][j] + a_op[R-1][j] * w[R-1][j];
+            requant #(.ACCW(ACCW), .OW(OW)) rq(.a(colsum[j]), .mult(mult), .shift(shift), .y(q[j]));  // common.v
         end
     endgenerate
     integer c;
@@ -125,7 +106,7 @@ module systolic_ws #(
                 if (cycle >= R - 1 + c && cycle - (R - 1) - c < m_len) begin  // row cycle - (R - 1) - c
                     out_valid[c] <= 1'b1;
                     out_acc[c*ACCW +: ACCW] <= colsum[c];
-                    out_q[c*OW +: OW] <= requant(colsum[c]);
+                    out_q[c*OW +: OW] <= q[c];
                 end
             end
             if (cycle + 1 == stream_cycles) begin
