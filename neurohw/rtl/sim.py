@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from neurohw.rtl.generate import RtlConfig, verilog_sources
+from neurohw.rtl.vector import requant
 
 __all__ = ["SimulatorMissing", "TileRun", "WsFoldRun", "GemmRun", "reference_tile", "run_tile", "run_ws_fold", "run_gemm"]
 
@@ -210,15 +211,10 @@ def reference_tile(cfg: RtlConfig, a: np.ndarray, b: np.ndarray, *, mult: int, s
     """The integer result of the module docstring for ``a`` (M, K), ``b`` (K, N): (M, N) int64."""
     a = _check_operand(a, cfg.a_bits, "A")
     b = _check_operand(b, cfg.b_bits, "B")
-    acc = [[sum(int(a[i, k]) * int(b[k, j]) for k in range(a.shape[1])) for j in range(b.shape[1])] for i in range(a.shape[0])]
+    acc = np.array([[sum(int(a[i, k]) * int(b[k, j]) for k in range(a.shape[1])) for j in range(b.shape[1])]
+                    for i in range(a.shape[0])], dtype=object).reshape(a.shape[0], b.shape[1])
     half, m = 1 << cfg.acc_bits, 1 << (cfg.acc_bits - 1)
-    lo, hi = -(1 << (cfg.out_bits - 1)), (1 << (cfg.out_bits - 1)) - 1
-    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
-    for i, row in enumerate(acc):
-        for j, v in enumerate(row):
-            v = ((v + m) % half) - m  # the accumulator wraps at acc_bits
-            out[i, j] = min(max((v * mult + (1 << (shift - 1))) >> shift, lo), hi)
-    return out
+    return requant((acc + m) % half - m, mult, shift, cfg.out_bits)  # the accumulator wraps at acc_bits
 
 
 @dataclass(frozen=True)

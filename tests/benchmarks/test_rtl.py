@@ -14,11 +14,17 @@ import benchmarks.rtl as br
 def test_rtl_benchmark_writes_exactness_cycles_resources_and_targets(tmp_path, monkeypatch):
     monkeypatch.setattr(br, "ARRAYS", {"quick": ((2, 2), (3, 2), (4, 3)), "full": ((2, 2),)})
     monkeypatch.setattr(br, "SHAPES", ((3, 5, 4), (2, 2, 2)))
+    monkeypatch.setattr(br, "VECTOR_LANES", {"quick": (2,), "full": (2,)})
+    monkeypatch.setattr(br, "VECTOR_SHAPES", {"softmax": (3, 5), "gelu": (2, 6), "layernorm": (3, 4)})
     out = br.main(["--out", str(tmp_path), "--quiet", "--no-llm"])
     saved = json.loads((tmp_path / "rtl.json").read_text())
     assert len(saved["runs"]) == 3 * 2 * 2 and all(r["bit_exact"] and r["cycles_agree"] for r in saved["runs"])
     assert {c["dataflow"] for c in saved["configurations"]} == {"os", "ws"}
     assert saved["configurations"][0]["resources"]["multipliers"] == 4
+    units = saved["vector_units"]
+    assert [u["unit"] for u in units] == ["softmax", "gelu", "layernorm"]
+    assert all(u["bit_exact"] and u["rtl_cycles"] == u["stated_cycles"] for u in units)
+    assert units[1]["rtl_cycles"] == units[1]["model_cycles"] == 6  # GELU streams 12 elements over 2 lanes
     assert all(t["met"] for t in out["targets"])
 
 
