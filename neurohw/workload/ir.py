@@ -2,7 +2,7 @@
 
 An inference is a tuple of :class:`Op` in call order. Counts are *per inference* (per input sample), averaged
 over the traced batch, and *measured* on real inputs (spikes and synaptic operations depend on the data).
-``Workload.to_dict()`` is JSON-serializable, so ``neurohw.accel`` and ``neurohw.energy`` never import model
+``Workload.to_dict()`` is JSON-serializable, so ``neurohw.accel`` never imports model
 code (ARCHITECTURE.md: neurohw does not import ``ann``/``snn``).
 
 Dimension letters: T timesteps (1 for an ANN), B traced batch, m rows per call and timestep (tokens or output
