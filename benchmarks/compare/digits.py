@@ -114,7 +114,8 @@ def snn_converted(ctx: Context) -> list[Measured]:
                             quality=evaluate(snn, test.x, test.y), params=n, memory=(4.0 * n, None), state_bits=32,
                             cpu_ms=cpu_ms_per_sample(lambda: snn(test.x), len(test.x), repeats=ctx.latency_repeats),
                             model=snn, example=test.x, timesteps=T, weight_bits=8, act_bits=8,
-                            notes="soft reset (Loihi's LIF resets hard: see the Loihi row)",
+                            loihi={"reason": "not deployed: this conversion resets by subtraction, Loihi's LIF resets "
+                                             "to zero; the Loihi row is the hard-reset conversion"},
                             reproduce=_cmd(ctx, "digits/snn-converted")))
     return out
 
@@ -205,6 +206,11 @@ def _vit(ctx: Context):
     return ctx.once("digits/vit", make)
 
 
+NO_LAVA = {"reason": "not deployable: the Lava target (neurohw.lava) runs feed-forward chains of Linear / Conv and "
+                     "LIF layers; this network has residual branches (and, where present, spike-driven attention: "
+                     "a product of two spike tensors)"}
+
+
 def _spiking_row(ctx: Context, model, variant: str, row_id: str, memory, *, weight_bits=8, notes="",
                  images: bool = False) -> Measured:
     """A row of a multi-step spiking classifier; ``images``: it takes (B, 1, 8, 8) images, not flat vectors."""
@@ -217,7 +223,7 @@ def _spiking_row(ctx: Context, model, variant: str, row_id: str, memory, *, weig
                     params=sum(p.numel() for p in model.parameters()), memory=memory,
                     cpu_ms=cpu_ms_per_sample(lambda: model(x), len(x), repeats=ctx.latency_repeats),
                     model=model, example=x, timesteps=T, weight_bits=weight_bits, act_bits=8, notes=notes,
-                    reproduce=_cmd(ctx, row_id))
+                    loihi=NO_LAVA, reproduce=_cmd(ctx, row_id))
 
 
 def snn_trained(ctx: Context) -> Measured:

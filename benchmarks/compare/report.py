@@ -24,6 +24,8 @@ def _get(d: dict | None, *keys):
 def _loihi_uj(loihi: dict | None) -> str | None:
     if not loihi:
         return None
+    if "energy_uj" not in loihi:
+        return "n/a (see notes)"
     return f"{loihi['energy_uj']:.3g} ({loihi['dynamic_uj']:.3g} dyn.)"
 
 
@@ -61,8 +63,9 @@ def markdown(payload: dict, targets) -> str:
              format_table(COLUMNS, table_rows(rows), markdown=True), "", "## Targets", "",
              format_targets(targets, markdown=True), "", "## Notes per row", ""]
     for r in rows:
-        if not r.get("error") and r.get("notes"):
-            lines.append(f"- **{r['variant']}** ({r['task']}): {r['notes']}")
+        if not r.get("error") and (r.get("notes") or _get(r, "loihi", "reason")):
+            why = _get(r, "loihi", "reason")
+            lines.append(f"- **{r['variant']}** ({r['task']}): {r['notes']}" + (f" Loihi: {why}." if why else ""))
     errors = [r for r in rows if r.get("error")]
     if errors:
         lines += ["", "## Failed rows", ""] + [f"- `{r['id']}`: {r['error']}" for r in errors]
