@@ -216,40 +216,54 @@ def _digits(profile: Profile, args, log) -> dict:
     return out
 
 
-def _synthmed(profile: Profile, args, log) -> dict:
+def synthmed_xy(split) -> tuple[torch.Tensor, torch.Tensor]:
+    """A SynthMed-VQA split as the ViT's inputs, one row per question (pixels and question word ids,
+    :meth:`ann.models.sfvit.SpikeFriendlyViT.pack`), and the answer ids."""
+    from ann.models.sfvit import SpikeFriendlyViT
+
+    px = torch.from_numpy(split.sample_images(np.arange(len(split))))
+    return SpikeFriendlyViT.pack(px, torch.tensor(split.question_ids)), torch.tensor(split.answer_ids)
+
+
+def synthmed_vit(profile: Profile, seed: int, cache_dir: Path, log, *, quiet: bool):
+    """The SynthMed-VQA spike-friendly ViT of ``profile`` (4 blocks, QCFS activations from the start), trained on its
+    own splits or read from ``cache_dir``: ``(vit, train info, {split name: SynthMedSplit}, {split name: (x, y)})``."""
     from ann.models.sfvit import SFViTConfig, SpikeFriendlyViT
     from ann.train import TrainConfig, train_classifier
     from quant.qcfs import replace_relu_with_qcfs
-    from tasks.synthmed import ANSWER_VOCAB, QUESTION_MAX_LEN, QUESTION_VOCAB, SynthMedConfig, blind_baseline, load_synthmed
+    from tasks.synthmed import ANSWER_VOCAB, QUESTION_MAX_LEN, QUESTION_VOCAB, SynthMedConfig, load_synthmed
 
     n_tr, n_va, n_te = profile.vqa_images
-    dcfg = SynthMedConfig(n_train=n_tr, n_val=n_va, n_test=n_te, seed=args.seed)
+    dcfg = SynthMedConfig(n_train=n_tr, n_val=n_va, n_test=n_te, seed=seed)
     splits = {s: load_synthmed(s, dcfg) for s in ("train", "val", "test")}
-
-    def xy(s):
-        px = torch.from_numpy(s.sample_images(np.arange(len(s))))
-        return SpikeFriendlyViT.pack(px, torch.tensor(s.question_ids)), torch.tensor(s.answer_ids)
-
-    (xtr, ytr), (xva, yva), (xte, yte) = (xy(splits[s]) for s in ("train", "val", "test"))
+    (xtr, ytr), (xva, yva), (xte, yte) = (synthmed_xy(splits[s]) for s in ("train", "val", "test"))
     pixels = xtr[:, : dcfg.image_size ** 2]
     cfg = SFViTConfig(image_size=dcfg.image_size, patch_size=8, heads=4, mlp_ratio=2, num_classes=len(ANSWER_VOCAB),
                       text_vocab=len(QUESTION_VOCAB), text_len=QUESTION_MAX_LEN, image_mean=round(float(pixels.mean()), 4),
                       image_std=round(float(pixels.std()), 4), **profile.vqa_model)
 
     def build():
-        torch.manual_seed(args.seed)
+        torch.manual_seed(seed)
         m = SpikeFriendlyViT(config=cfg)
         replace_relu_with_qcfs(m, levels=LEVELS)
         return m
 
     def train(m):
-        torch.manual_seed(args.seed)
+        torch.manual_seed(seed)
         r = train_classifier(m, x_train=xtr, y_train=ytr, x_val=xva, y_val=yva,
-                             config=TrainConfig(epochs=profile.vqa_epochs, lr=2e-3, seed=args.seed), progress=not args.quiet)
+                             config=TrainConfig(epochs=profile.vqa_epochs, lr=2e-3, seed=seed), progress=not quiet)
         return {"best_epoch": r.best_epoch, "val_accuracy": r.val_accuracy}
 
     vit, info = _cached_train("synthmed-vit-qcfs", {"model": cfg.to_dict(), "data": asdict(dcfg), "epochs": profile.vqa_epochs,
-                                                    "levels": LEVELS, "seed": args.seed}, build, train, args.cache_dir, log)
+                                                    "levels": LEVELS, "seed": seed}, build, train, cache_dir, log)
+    return vit, info, splits, {"train": (xtr, ytr), "val": (xva, yva), "test": (xte, yte)}
+
+
+def _synthmed(profile: Profile, args, log) -> dict:
+    from tasks.synthmed import blind_baseline
+
+    vit, info, splits, xy = synthmed_vit(profile, args.seed, args.cache_dir, log, quiet=args.quiet)
+    (xtr, _), (xte, yte) = xy["train"], xy["test"]
     calib = xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed))[:1024]]
     data = {"calib": calib, "x_test": xte, "y_test": yte}
     res = _evaluate("synthmed vit", vit, data, t_max=profile.t_max, kind="vit", log=log, batch=64)

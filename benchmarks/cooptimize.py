@@ -30,12 +30,14 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import (Target, add_cache_dir_arg, add_common_args, format_table, format_targets, machine_info,
                                save_figure, versions, write_results)
 
-__all__ = ["main", "PROFILE_SPACES"]
+__all__ = ["main", "search", "Searched", "PROFILE_SPACES"]
 
 # geometries as (S, P, k) (the first is the trained default), ViT keeps and layers, decoder keeps, question-token caps,
 # fine-tune steps per geometry, SynthMed images per split, CPU timing repeats.
@@ -158,6 +160,75 @@ def _plot(rows: list[dict], fronts: dict, default: dict, chosen: dict | None, pa
     save_figure(fig, path)
 
 
+@dataclass
+class Searched:
+    """What :func:`search` measured: the ``space``, its ``configs`` (geometry-major) and their ``rows`` (validation
+    accuracy, accelerator and CPU costs, in the order of ``configs``), the ``default`` configuration's row, the
+    fine-tuned ``models`` by (geometry, ViT keep, ViT layer) and their fine-tune records (``finetunes``), the
+    trained model's validation accuracy before any fine-tune (``reference``) and ``data(split, V, q)``: a split
+    encoded for V visual tokens with questions cut to q tokens (memoized)."""
+
+    space: object
+    configs: list
+    rows: list[dict]
+    default: dict
+    models: dict
+    finetunes: list[dict]
+    reference: float
+    data: Callable
+
+    def runner(self, config):
+        """The fine-tuned model of ``config``'s geometry, run with its token pruning."""
+        from ann.cooptimize import TokenPrunedMFM
+
+        c = config
+        return TokenPrunedMFM(self.models[c.geometry, c.vit_keep, c.vit_layer], vit_keep=c.vit_keep, vit_layer=c.vit_layer,
+                              llm_keep=c.llm_keep, llm_layer=c.llm_layer)
+
+
+def search(base, base_dir: Path, tok, splits: dict, prof: dict, *, steps: int, seed: int, cache_dir: Path, log,
+           progress: bool) -> Searched:
+    """Steps 2 and 3 of the module docstring for the trained MFM ``base`` (saved in ``base_dir``) on ``splits``
+    (train / val SynthMed splits) over the space of ``prof`` (a :data:`PROFILE_SPACES` entry): every (geometry, ViT
+    pruning) pair fine-tuned ``steps`` steps (cached under ``cache_dir``), every point measured on validation."""
+    from tqdm.auto import tqdm
+
+    from ann.cooptimize import Geometry, InputConfig, SearchSpace, compress_questions
+    from ann.train.vqa import encode_vqa, evaluate_mfm
+
+    encoded: dict = {}
+
+    def data(split: str, V: int, q=None):
+        if (split, V, q) not in encoded:
+            if (split, V, None) not in encoded:
+                encoded[split, V, None] = encode_vqa(splits[split], tok, V)
+            encoded[split, V, q] = compress_questions(encoded[split, V, None], tok, V, q)
+        return encoded[split, V, q]
+
+    space = SearchSpace(geometries=tuple(Geometry(*g) for g in prof["geometries"]), vit_keeps=prof["vit_keeps"],
+                        vit_layers=prof["vit_layers"], llm_keeps=prof["llm_keeps"], question_tokens=prof["question_tokens"])
+    configs = space.configs()
+    default_config = InputConfig(space.geometries[0], vit_layer=space.vit_layers[0], llm_layer=space.llm_layers[0])
+    if default_config not in configs:
+        raise ValueError("the search space must contain the default configuration (keep 1.0 and whole questions)")
+    reference = evaluate_mfm(base, tok, data("val", base.num_visual_tokens), splits["val"])["accuracy"]
+    log(f"trained large MFM ({base_dir}): val accuracy {reference:.3f} before any fine-tune")
+    models, finetunes = {}, []
+    for c in configs:
+        v = (c.geometry, c.vit_keep, c.vit_layer)
+        if v not in models:
+            models[v], rec = _adapted(base, base_dir, *v, lambda V: data("train", V), steps, seed, cache_dir, log, progress)
+            finetunes.append(rec)
+    found = Searched(space, configs, [], {}, models, finetunes, reference, data)
+    for c in tqdm(configs, desc="measure", disable=not progress):
+        runner = found.runner(c)
+        d = data("val", c.geometry.visual_tokens, c.question_tokens)
+        found.rows.append({**c.to_dict(), "val_accuracy": evaluate_mfm(runner, tok, d, splits["val"])["accuracy"],
+                           **_accel_cost(runner, d), "cpu_ms": _cpu_ms(runner, d, prof["repeats"])})
+    found.default = found.rows[configs.index(default_config)]
+    return found
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cooptimize", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,11 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ann.models.mfm  # noqa: F401  (registers the MFM with transformers' Auto classes)
     from transformers import AutoModelForImageTextToText, AutoTokenizer
-    from tqdm.auto import tqdm
 
-    from ann.cooptimize import (Budget, BudgetInfeasible, Geometry, InputConfig, SearchSpace, TokenPrunedMFM, choose,
-                                compress_questions, pareto_front)
-    from ann.train.vqa import encode_vqa, evaluate_mfm
+    from ann.cooptimize import Budget, BudgetInfeasible, choose, pareto_front
+    from ann.train.vqa import evaluate_mfm
     from tasks.synthmed import SynthMedConfig, load_synthmed
 
     prof = PROFILE_SPACES[args.profile]
@@ -197,40 +266,11 @@ def main(argv: list[str] | None = None) -> dict:
     tok = AutoTokenizer.from_pretrained(base_dir)
     cfg = SynthMedConfig(n_train=prof["n_train"], n_val=prof["n_val"], n_test=prof["n_test"])
     splits = {s: load_synthmed(s, cfg) for s in ("train", "val", "test")}
-    encoded: dict = {}
-
-    def data(split: str, V: int, q=None):
-        if (split, V, q) not in encoded:
-            if (split, V, None) not in encoded:
-                encoded[split, V, None] = encode_vqa(splits[split], tok, V)
-            encoded[split, V, q] = compress_questions(encoded[split, V, None], tok, V, q)
-        return encoded[split, V, q]
-
-    space = SearchSpace(geometries=tuple(Geometry(*g) for g in prof["geometries"]), vit_keeps=prof["vit_keeps"],
-                        vit_layers=prof["vit_layers"], llm_keeps=prof["llm_keeps"], question_tokens=prof["question_tokens"])
-    configs = space.configs()
-    default_config = InputConfig(space.geometries[0], vit_layer=space.vit_layers[0], llm_layer=space.llm_layers[0])
-    if default_config not in configs:
-        raise ValueError("the search space must contain the default configuration (keep 1.0 and whole questions)")
     t_start = time.perf_counter()
-    reference = evaluate_mfm(base, tok, data("val", base.num_visual_tokens), splits["val"])["accuracy"]
-    log(f"trained large MFM ({base_dir}): val accuracy {reference:.3f} before any fine-tune")
-    rows = []
-    models, finetunes = {}, []
-    for c in configs:
-        v = (c.geometry, c.vit_keep, c.vit_layer)
-        if v not in models:
-            models[v], rec = _adapted(base, base_dir, *v, lambda V: data("train", V), steps, args.seed, args.cache_dir,
-                                      log, not args.quiet)
-            finetunes.append(rec)
-    for c in tqdm(configs, desc="measure", disable=args.quiet):
-        runner = TokenPrunedMFM(models[c.geometry, c.vit_keep, c.vit_layer], vit_keep=c.vit_keep, vit_layer=c.vit_layer,
-                                llm_keep=c.llm_keep, llm_layer=c.llm_layer)
-        d = data("val", c.geometry.visual_tokens, c.question_tokens)
-        row = {**c.to_dict(), "val_accuracy": evaluate_mfm(runner, tok, d, splits["val"])["accuracy"],
-               **_accel_cost(runner, d), "cpu_ms": _cpu_ms(runner, d, prof["repeats"])}
-        rows.append(row)
-    default = rows[configs.index(default_config)]
+    found = search(base, base_dir, tok, splits, prof, steps=steps, seed=args.seed, cache_dir=args.cache_dir, log=log,
+                   progress=not args.quiet)
+    space, configs, rows, default = found.space, found.configs, found.rows, found.default
+    reference, finetunes, data = found.reference, found.finetunes, found.data
     fronts = {k: pareto_front(rows, maximize=["val_accuracy"], minimize=[k])
               for k in ("accel_latency_us", "accel_energy_uj", "cpu_ms")}
     limits = {"accel_latency_us": args.budget_latency_us or args.budget_latency_ratio * default["accel_latency_us"]}
@@ -250,9 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
         if r is None:
             continue
         c = configs[rows.index(r)]
-        runner = TokenPrunedMFM(models[c.geometry, c.vit_keep, c.vit_layer], vit_keep=c.vit_keep, vit_layer=c.vit_layer,
-                                llm_keep=c.llm_keep, llm_layer=c.llm_layer)
-        test[name] = evaluate_mfm(runner, tok, data("test", c.geometry.visual_tokens, c.question_tokens), splits["test"])
+        test[name] = evaluate_mfm(found.runner(c), tok, data("test", c.geometry.visual_tokens, c.question_tokens),
+                                  splits["test"])
         log(f"{name} {r['label']}: test accuracy {test[name]['accuracy']:.3f}")
     targets = [Target("accel_latency_reduction", 0.0, ">= 2.0x lower accelerator latency than the default (budget infeasible)", False),
                Target("test_accuracy_lost", 1.0, "<= 0.01 (1 point) of test accuracy lost (budget infeasible)", False)]

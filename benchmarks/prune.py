@@ -113,12 +113,116 @@ def _key(ratio: float, vocab: str) -> str:
     return f"pruned_{ratio}" if vocab == "full" else f"vocab_pruned_{ratio}"
 
 
-def _smollm2(profile: Profile, seed: int, log) -> dict:
-    from ann.models.smollm2 import load_smollm2
+def _lm_logits(m, batch):
+    return m(input_ids=batch["input_ids"]).logits
+
+
+def lm_recovery_loss(teacher):
+    """Recovery's loss for a causal LM (:mod:`ann.prune.recover`): distillation from ``teacher`` + next-token
+    cross-entropy (domain fine-tuning), bf16 autocast."""
+    from ann.prune.recover import kd_loss, next_token_loss
+
+    return kd_loss(teacher, _lm_logits, bf16=True, task_loss=next_token_loss)
+
+
+def lm_calibration_order(stream: torch.Tensor, blocks: int, seed: int) -> torch.Tensor:
+    """Indices of the ``blocks`` 256-token blocks of ``stream`` (a tokenized training split) that calibrate the
+    search (the same blocks, re-tokenized, for a trimmed vocabulary)."""
+    from ann.train.code import make_blocks
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(len(make_blocks(stream, 256)), generator=g)[:blocks]
+
+
+def lm_calibration_flops(model, stream: torch.Tensor, order: torch.Tensor) -> int:
+    """FLOPs of ``model``'s forward over the calibration blocks ``order`` of ``stream`` (the searches' time model)."""
+    from ann.prune.latency import forward_flops
+    from ann.train.code import make_blocks
+
+    calib = make_blocks(stream, 256)[order].long()
+    return forward_flops(model, lambda m: _lm_logits(m, {"input_ids": calib}))[0]
+
+
+def domain_vocabulary(model, tok, stream: torch.Tensor, *, eval_bytes: int, log) -> dict:
+    """The domain vocabulary (:mod:`ann.prune.vocab`): tokens seen >= min_count times in the training ``stream``
+    (tokenized by ``tok``), closed under BPE merges; min_count = the largest of :data:`VOCAB_MIN_COUNTS` whose
+    validation bits per byte (``eval_bytes`` of the val split, never the test files) stay within
+    :data:`VOCAB_TOLERANCE` of the untrimmed model's. Returns the trimmed copy of ``model`` (``model``), its
+    ``tokenizer``, the training ``stream`` in its tokens, the kept ids (``keep``), ``min_count``, the validation
+    figures and the ``seconds`` it took."""
+    from ann.prune.vocab import remap_ids, trim_vocabulary
+    from ann.train.code import EvalProtocol, stdlib_token_stream
+
+    t0 = time.perf_counter()
+    val = EvalProtocol(eval_bytes=eval_bytes, split="val")
+    with torch.no_grad():
+        val_ref = val.evaluate(model, tok, progress=False)["bits_per_byte"]
+        val_bpb = {}
+        for mc in VOCAB_MIN_COUNTS:
+            cand = copy.deepcopy(model)
+            cand_tok, keep = trim_vocabulary(cand, tok, stream, min_count=mc)
+            val_bpb[mc] = val.evaluate(cand, cand_tok, progress=False)["bits_per_byte"]
+            log(f"smollm2 vocabulary min_count={mc}: {len(keep)} tokens, val bits/byte {val_bpb[mc]:.4f} "
+                f"(untrimmed {val_ref:.4f})")
+            del cand
+    min_count = max([mc for mc, b in val_bpb.items() if b <= val_ref * (1 + VOCAB_TOLERANCE)], default=1)
+    trimmed = copy.deepcopy(model)
+    trimmed_tok, keep = trim_vocabulary(trimmed, tok, stream, min_count=min_count)
+    trim_s = time.perf_counter() - t0
+    # min_count 1 keeps every token of the training text, which then tokenizes to the same tokens (renumbered);
+    # a higher count drops some, and the text is tokenized anew into kept pieces
+    dstream = remap_ids(stream, keep, len(tok)) if min_count == 1 else stdlib_token_stream("train", trimmed_tok, progress=False)
+    return {"model": trimmed, "tokenizer": trimmed_tok, "stream": dstream, "keep": keep, "min_count": min_count,
+            "val_bits_per_byte": val_bpb, "val_bits_per_byte_untrimmed": val_ref, "seconds": trim_s}
+
+
+def prune_lm(teacher, stream: torch.Tensor, order: torch.Tensor, ratio: float, *, params_unpruned: int,
+             flops_unpruned: int, recover_steps: int, lr: float, seed: int, log, key: str, after_prune=None):
+    """A copy of the causal LM ``teacher`` (SmolLM2, or its vocabulary-trimmed copy) pruned until ``ratio`` of
+    ``params_unpruned`` is gone *and* its calibration forward needs :data:`LM_SEARCH_FLOPS` times fewer FLOPs than
+    ``flops_unpruned`` (the unpruned model's, :func:`lm_calibration_flops`), then recovered: ``(model, record)``,
+    or None when ``teacher`` alone is already below ``(1 - ratio) * params_unpruned``.
+
+    The search: :func:`ann.prune.plan.prune` (Wanda importance; distance: KL of the logits on the calibration
+    blocks ``order`` of ``stream``, the training split in ``teacher``'s tokens); recovery: ``recover_steps`` steps of
+    :func:`lm_recovery_loss` from ``teacher`` on 4 training blocks of 256 tokens each. ``after_prune(m)``: measured
+    between the two (the record's ``after_prune``; None when not given)."""
     from ann.prune.latency import LatencyModel, forward_flops
     from ann.prune.plan import prune
-    from ann.prune.recover import kd_loss, next_token_loss, recover
-    from ann.prune.vocab import remap_ids, trim_vocabulary
+    from ann.prune.recover import recover
+    from ann.train.code import block_batch_fn, make_blocks
+
+    train = make_blocks(stream, 256)
+    calib = train[order].long()
+    search_ratio = 1 - (1 - ratio) * params_unpruned / _count(teacher)  # what is left to remove after the vocabulary
+    if search_ratio < 0:
+        return None
+    m = copy.deepcopy(teacher)
+    t0 = time.perf_counter()
+
+    def run(x):
+        return _lm_logits(x, {"input_ids": calib})
+
+    # the searches' time model: FLOPs (LM_SEARCH_FLOPS says why)
+    lat = LatencyModel(1.0, 0.0, 0.0, {"model": "FLOPs of the calibration forward (benchmarks.prune.LM_SEARCH_FLOPS)"})
+    # the search's target counts from the unpruned model: a trimmed vocabulary has done part of it already
+    speedup = max(1.0, LM_SEARCH_FLOPS * forward_flops(teacher, run)[0] / flops_unpruned)
+    log(f"smollm2 {key}: FLOP reduction still to find {speedup:.3f}x")
+    with torch.no_grad():
+        info = prune(m, search_ratio, run=run, criterion="wanda", speedup=speedup, latency=lat,
+                     progress=lambda s: log(f"smollm2 {key} {s}"))
+    search_s = time.perf_counter() - t0
+    before = after_prune(m) if after_prune is not None else None
+    t0 = time.perf_counter()
+    m, losses = recover(m, block_batch_fn(train, batch_size=4, seed=seed), lm_recovery_loss(teacher),
+                        steps=recover_steps, lr=lr, seed=seed, desc=f"smollm2-{key}")
+    return m, {"search": info, "search_seconds": search_s, "after_prune": before,
+               "recovery_seconds": time.perf_counter() - t0, "losses": losses}
+
+
+def _smollm2(profile: Profile, seed: int, log) -> dict:
+    from ann.models.smollm2 import load_smollm2
+    from ann.prune.recover import recover
     from ann.train.code import EvalProtocol, block_batch_fn, make_blocks, stdlib_token_stream
     from benchmarks.quant import _decode_seconds
     from quant.int8 import shared_input_groups, to_int8
@@ -139,43 +243,12 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
         return {"bits_per_byte": r["bits_per_byte"], "perplexity": math.exp(r["total_nats"] / n_ref["tokens"]),
                 "n_tokens": r["n_tokens"]}
 
-    # the domain vocabulary (ann.prune.vocab): tokens seen >= min_count times in the training split, closed under
-    # BPE merges; min_count = the largest of VOCAB_MIN_COUNTS whose validation bits per byte (the val split, never
-    # the test files) stay within VOCAB_TOLERANCE of the untrimmed model's
-    t0 = time.perf_counter()
-    val = EvalProtocol(eval_bytes=profile.lm_eval_bytes, split="val")
-    with torch.no_grad():
-        val_ref = val.evaluate(model, tok, progress=False)["bits_per_byte"]
-        val_bpb = {}
-        for mc in VOCAB_MIN_COUNTS:
-            cand = copy.deepcopy(model)
-            cand_tok, keep = trim_vocabulary(cand, tok, stream, min_count=mc)
-            val_bpb[mc] = val.evaluate(cand, cand_tok, progress=False)["bits_per_byte"]
-            log(f"smollm2 vocabulary min_count={mc}: {len(keep)} tokens, val bits/byte {val_bpb[mc]:.4f} "
-                f"(untrimmed {val_ref:.4f})")
-            del cand
-    min_count = max([mc for mc, b in val_bpb.items() if b <= val_ref * (1 + VOCAB_TOLERANCE)], default=1)
-    trimmed = copy.deepcopy(model)
-    trimmed_tok, keep = trim_vocabulary(trimmed, tok, stream, min_count=min_count)
-    trim_s = time.perf_counter() - t0
-    # min_count 1 keeps every token of the training text, which then tokenizes to the same tokens (renumbered);
-    # a higher count drops some, and the text is tokenized anew into kept pieces
-    dstream = remap_ids(stream, keep, len(tok)) if min_count == 1 else stdlib_token_stream("train", trimmed_tok, progress=False)
-    vocab = {"full": (model, tok, stream), "domain": (trimmed, trimmed_tok, dstream)}
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(make_blocks(stream, 256)), generator=g)[: profile.lm_calib_blocks]
-
-    def forward(m, batch):
-        return m(input_ids=batch["input_ids"]).logits
-
-    calib_full = make_blocks(stream, 256)[order].long()
-
-    def run_full(m):
-        return forward(m, {"input_ids": calib_full})
-
-    # the searches' time model: FLOPs (LM_SEARCH_FLOPS says why)
-    lat = LatencyModel(1.0, 0.0, 0.0, {"model": "FLOPs of the calibration forward (benchmarks.prune.LM_SEARCH_FLOPS)"})
-    f_full = forward_flops(model, run_full)[0]
+    dom = domain_vocabulary(model, tok, stream, eval_bytes=profile.lm_eval_bytes, log=log)
+    trimmed, trimmed_tok, keep, min_count = dom["model"], dom["tokenizer"], dom["keep"], dom["min_count"]
+    val_bpb, val_ref, trim_s = dom["val_bits_per_byte"], dom["val_bits_per_byte_untrimmed"], dom["seconds"]
+    vocab = {"full": (model, tok, stream), "domain": (trimmed, trimmed_tok, dom["stream"])}
+    order = lm_calibration_order(stream, profile.lm_calib_blocks, seed)
+    f_full = lm_calibration_flops(model, stream, order)
 
     res: dict = {"unpruned": {"params": _count(model), **metric(model, tok)}}
     log(f"smollm2 unpruned: {res['unpruned']}")
@@ -186,9 +259,6 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
     log(f"smollm2 vocabulary {len(tok)} -> {len(keep)}: {res['vocab_trimmed']}")
     variants: dict = {"unpruned": model, "vocab_trimmed": trimmed}
 
-    def recovery_loss(teacher):  # distillation + domain fine-tuning (ann.prune.recover)
-        return kd_loss(teacher, forward, bf16=True, task_loss=next_token_loss)
-
     def recovery_info(seconds: float, losses, teacher: str) -> dict:
         return {"steps": profile.lm_recover_steps, "lr": profile.lm_lr, "tokens": profile.lm_recover_steps * 4 * 256,
                 "loss": "KL(teacher || student) + next-token cross-entropy, stdlib train split",
@@ -198,7 +268,7 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
     # the reference for what recovery's domain fine-tuning alone buys: the unpruned model, recovered the same way
     t0 = time.perf_counter()
     tuned, losses = recover(copy.deepcopy(model), block_batch_fn(make_blocks(stream, 256), batch_size=4, seed=seed),
-                            recovery_loss(model), steps=profile.lm_recover_steps, lr=profile.lm_lr, seed=seed,
+                            lm_recovery_loss(model), steps=profile.lm_recover_steps, lr=profile.lm_lr, seed=seed,
                             desc="smollm2-unpruned")
     res["unpruned_finetuned"] = {"params": res["unpruned"]["params"], **metric(tuned, tok),
                                  "recovery": recovery_info(time.perf_counter() - t0, losses, "unpruned")}
@@ -208,37 +278,26 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
     for ratio in profile.ratios:
         for v in profile.lm_vocabs:
             teacher, vtok, vstream = vocab[v]
-            train = make_blocks(vstream, 256)
-            calib = train[order].long()
-            m = copy.deepcopy(teacher)
-            search_ratio = 1 - (1 - ratio) * p0 / _count(teacher)  # what is left to remove after the vocabulary
-            if search_ratio < 0:
+            key = _key(ratio, v)
+
+            def after_prune(m, vtok=vtok, key=key):
+                pruned = metric(m, vtok)
+                log(f"smollm2 {key} pruned: {pruned}")
+                return pruned
+
+            got = prune_lm(teacher, vstream, order, ratio, params_unpruned=p0, flops_unpruned=f_full,
+                           recover_steps=profile.lm_recover_steps, lr=profile.lm_lr, seed=seed, log=log, key=key,
+                           after_prune=after_prune)
+            if got is None:
                 log(f"smollm2 {v} vocabulary alone removes more than {ratio:.0%}; skipped")
                 continue
-            key = _key(ratio, v)
-            t0 = time.perf_counter()
-
-            def run(x, calib=calib):
-                return forward(x, {"input_ids": calib})
-
-            # the search's target counts from the unpruned model: a trimmed vocabulary has done part of it already
-            speedup = max(1.0, LM_SEARCH_FLOPS * forward_flops(teacher, run)[0] / f_full)
-            log(f"smollm2 {key}: FLOP reduction still to find {speedup:.3f}x")
-            with torch.no_grad():
-                info = prune(m, search_ratio, run=run, criterion="wanda", speedup=speedup, latency=lat,
-                             progress=lambda s: log(f"smollm2 {key} {s}"))
-            search_s = time.perf_counter() - t0
-            pruned = metric(m, vtok)
-            log(f"smollm2 {key} pruned: {pruned}")
-            t0 = time.perf_counter()
-            m, losses = recover(m, block_batch_fn(train, batch_size=4, seed=seed), recovery_loss(teacher),
-                                steps=profile.lm_recover_steps, lr=profile.lm_lr, seed=seed, desc=f"smollm2-{key}")
-            recover_s = time.perf_counter() - t0
+            m, r = got
+            recover_s = r["recovery_seconds"]
             recovered = metric(m, vtok)
             log(f"smollm2 {key} recovered ({recover_s:.0f} s): {recovered}")
-            res[key] = {"ratio": 1 - _count(m) / p0, "params": _count(m), "vocabulary": v, "search": info,
-                        "search_seconds": search_s, "pruned": pruned, **recovered,
-                        "recovery": recovery_info(recover_s, losses, "unpruned" if v == "full" else
+            res[key] = {"ratio": 1 - _count(m) / p0, "params": _count(m), "vocabulary": v, "search": r["search"],
+                        "search_seconds": r["search_seconds"], "pruned": r["after_prune"], **recovered,
+                        "recovery": recovery_info(recover_s, r["losses"], "unpruned" if v == "full" else
                                                   "unpruned, vocabulary trimmed (the same logits on kept tokens)")}
             variants[key], tokenizers[key] = m, vtok
 
@@ -265,11 +324,37 @@ def _smollm2(profile: Profile, seed: int, log) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- MFM
-def _mfm(profile: Profile, seed: int, log, cache_dir: Path) -> dict:
-    from ann.models.mfm import MFMForConditionalGeneration
+def prune_mfm(model, train, ratio: float, *, calib_images: int, recover_steps: int, lr: float, seed: int, log,
+              after_prune=None) -> tuple[torch.nn.Module, dict]:
+    """A copy of the MFM ``model`` with ``ratio`` of its parameters removed and recovered: ``(model, record)``.
+
+    The greedy search of :func:`ann.prune.plan.prune` (Wanda importance; distance: KL of the teacher-forced answer
+    logits, :func:`ann.train.vqa.target_logits`, to the unpruned model's on ``calib_images`` training images), then
+    ``recover_steps`` steps of distillation from ``model`` (:func:`ann.prune.recover.recover`, 32 images each) on
+    ``train`` (a :class:`ann.train.vqa.VQATensors`). ``after_prune(m)``: measured between the two (the record's
+    ``after_prune``; None when not given)."""
     from ann.prune.plan import prune
     from ann.prune.recover import kd_loss, recover
-    from ann.train.vqa import encode_vqa, evaluate_mfm, predict_answers, target_logits, vqa_batch_fn
+    from ann.train.vqa import target_logits, vqa_batch_fn
+
+    calib = vqa_batch_fn(train, images_per_batch=calib_images, seed=seed + 1)(0, 0, 1)
+    m = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        info = prune(m, ratio, run=lambda x: target_logits(x, calib), criterion="wanda", progress=lambda s: log(f"mfm {s}"))
+    search_s = time.perf_counter() - t0
+    before = after_prune(m) if after_prune is not None else None
+    t0 = time.perf_counter()
+    m, losses = recover(m, vqa_batch_fn(train, images_per_batch=32, seed=seed), kd_loss(model, target_logits),
+                        steps=recover_steps, lr=lr, seed=seed, desc=f"mfm-{ratio}")
+    return m, {"ratio": info["ratio"], "params": info["params_after"], "search": info, "search_seconds": search_s,
+               "after_prune": before, "recovery": {"steps": recover_steps, "lr": lr, "seconds": time.perf_counter() - t0,
+                                                   "loss_first": losses[0][1], "loss_last": losses[-1][1]}}
+
+
+def _mfm(profile: Profile, seed: int, log, cache_dir: Path) -> dict:
+    from ann.models.mfm import MFMForConditionalGeneration
+    from ann.train.vqa import encode_vqa, evaluate_mfm, predict_answers
     from benchmarks.models import _mfm_argv, run_entry
     from benchmarks.quant import _images, no_image_answers
     from tasks.synthmed import SynthMedConfig, load_synthmed
@@ -288,29 +373,17 @@ def _mfm(profile: Profile, seed: int, log, cache_dir: Path) -> dict:
         with no_image_answers(m):
             return evaluate_mfm(m, tok, test, test_split)["accuracy"]
 
-    calib = vqa_batch_fn(train, images_per_batch=profile.mfm_calib_images, seed=seed + 1)(0, 0, 1)
     res: dict = {"unpruned": {"params": _count(model), "accuracy": accuracy(model)}, "test_questions": len(test.answers),
                  "size": profile.mfm_size}
     log(f"mfm unpruned: {res['unpruned']}")
     variants = {"unpruned": model}
     for ratio in profile.ratios:
-        m = copy.deepcopy(model)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            info = prune(m, ratio, run=lambda x: target_logits(x, calib), criterion="wanda",
-                         progress=lambda s: log(f"mfm {s}"))
-        search_s = time.perf_counter() - t0
-        pruned = accuracy(m)
-        t0 = time.perf_counter()
-        m, losses = recover(m, vqa_batch_fn(train, images_per_batch=32, seed=seed), kd_loss(model, target_logits),
-                            steps=profile.mfm_recover_steps, lr=profile.mfm_lr, seed=seed, desc=f"mfm-{ratio}")
-        recover_s = time.perf_counter() - t0
-        res[f"pruned_{ratio}"] = {"ratio": info["ratio"], "params": info["params_after"], "search": info,
-                                  "search_seconds": search_s, "pruned_accuracy": pruned, "accuracy": accuracy(m),
-                                  "recovery": {"steps": profile.mfm_recover_steps, "lr": profile.mfm_lr,
-                                               "seconds": recover_s, "loss_first": losses[0][1],
-                                               "loss_last": losses[-1][1]}}
-        log(f"mfm -{ratio:.0%}: pruned {pruned:.4f}, recovered {res[f'pruned_{ratio}']['accuracy']:.4f}")
+        m, r = prune_mfm(model, train, ratio, calib_images=profile.mfm_calib_images, recover_steps=profile.mfm_recover_steps,
+                         lr=profile.mfm_lr, seed=seed, log=log, after_prune=accuracy)
+        res[f"pruned_{ratio}"] = {"ratio": r["ratio"], "params": r["params"], "search": r["search"],
+                                  "search_seconds": r["search_seconds"], "pruned_accuracy": r["after_prune"],
+                                  "accuracy": accuracy(m), "recovery": r["recovery"]}
+        log(f"mfm -{ratio:.0%}: pruned {r['after_prune']:.4f}, recovered {res[f'pruned_{ratio}']['accuracy']:.4f}")
         variants[f"pruned_{ratio}"] = m
     batch = _images(test, 0, 32)
     lat = interleaved_seconds({k: (lambda v=v: predict_answers(v, tok, batch, images_per_batch=32))

@@ -105,7 +105,7 @@ def _variants(model, root, sens, validate, profile: Profile, log, *, energy=None
     """name -> (bit config, allocation info or None). ``energy``: ``(node, bits) -> joules`` of one decoding step
     on the accelerator (``neurohw.accel.budget``); adds a configuration under uniform 4-bit's energy."""
     from quant.allocate import Budget
-    from quant.mixed import mixed_config, uniform_config
+    from quant.mixed import uniform_config
 
     out = {f"uniform {b}-bit": (uniform_config(model, root, _spec(b)), None) for b in profile.uniform_bits}
     runs = [(f"mixed {avg:g}-bit" + (" (flat ILP)" if flat else ""), Budget(avg_bits=avg), flat)
@@ -113,18 +113,28 @@ def _variants(model, root, sens, validate, profile: Profile, log, *, energy=None
     if energy is not None:
         runs.append((ENERGY_NAME, Budget(limit=energy(root, 4), cost_fn=energy), False))
     for name, budget, flat in runs:
-        log(f"  allocating {name}")
-        cfg, alloc, cands = mixed_config(model, root, sens.fn("kl"), profile.choices, budget, _spec,
-                                         flat=flat, validate=validate)
-        out[name] = (cfg, {"average_bits": alloc.average_bits, "evaluations": alloc.cost.evaluations,
-                           "sensitivity_seconds": alloc.cost.sensitivity_seconds, "solve_seconds": alloc.cost.solve_seconds,
-                           "ilp_variables": alloc.cost.ilp_variables,
-                           "widths": {b: sum(1 for s in cfg.values() if s.bits == b) for b in profile.choices},
-                           "penalty_path": [asdict(c) for c in cands]})
-        chosen = next(c for c in cands if c.chosen)
-        log(f"  {name}: penalty t={chosen.penalty:g} chosen, validation KL "
-            + ", ".join(f"{c.penalty:g}:{c.validation:.4g}" for c in cands))
+        out[name] = allocate_mixed(model, root, sens, validate, profile.choices, budget, log, name=name, flat=flat)
     return out
+
+
+def allocate_mixed(model, root, sens, validate, choices: tuple[int, ...], budget, log, *, name: str,
+                   flat: bool = False) -> tuple[dict, dict]:
+    """One mixed-precision configuration of ``model`` under ``budget`` (:func:`quant.mixed.mixed_config` on the KL
+    sensitivities ``sens``, its penalty path validated by ``validate``; group-wise weights, :data:`GROUP`):
+    ``(bit config, allocation info)``."""
+    from quant.mixed import mixed_config
+
+    log(f"  allocating {name}")
+    cfg, alloc, cands = mixed_config(model, root, sens.fn("kl"), choices, budget, _spec, flat=flat, validate=validate)
+    info = {"average_bits": alloc.average_bits, "evaluations": alloc.cost.evaluations,
+            "sensitivity_seconds": alloc.cost.sensitivity_seconds, "solve_seconds": alloc.cost.solve_seconds,
+            "ilp_variables": alloc.cost.ilp_variables,
+            "widths": {b: sum(1 for s in cfg.values() if s.bits == b) for b in choices},
+            "penalty_path": [asdict(c) for c in cands]}
+    chosen = next(c for c in cands if c.chosen)
+    log(f"  {name}: penalty t={chosen.penalty:g} chosen, validation KL "
+        + ", ".join(f"{c.penalty:g}:{c.validation:.4g}" for c in cands))
+    return cfg, info
 
 
 def _avg_bits(root, config) -> float:
@@ -139,9 +149,27 @@ def _avg_bits(root, config) -> float:
 
 
 # --------------------------------------------------------------------------------------------------- SmolLM2
+def lm_calibration(tok, profile: Profile) -> tuple[list[dict], list[dict]]:
+    """``(batches, held_out)`` of a causal LM with tokenizer ``tok`` for :func:`allocate_mixed`: ``calib_batches``
+    batches of ``calib_tokens`` tokens of the stdlib corpus' validation files (the sensitivities' calibration data),
+    then the next ``val_tokens`` tokens (held out from the sensitivities: they validate the penalty path)."""
+    from ann.train.code import held_out_files
+
+    calib_text = "\n".join(f.text for f in held_out_files(40_000, split="val"))
+    ids = tok(calib_text, return_tensors="pt").input_ids[0]
+    n = profile.calib_tokens
+    batches = [{"input_ids": ids[i * n:(i + 1) * n][None], "attention_mask": torch.ones(1, n, dtype=torch.long)}
+               for i in range(profile.calib_batches)]
+    start = n * profile.calib_batches  # held out from the sensitivities: validates the penalty path
+    held_out = [{"input_ids": ids[start:start + profile.val_tokens][None]}]
+    if held_out[0]["input_ids"].shape[1] < profile.val_tokens:
+        raise RuntimeError(f"calibration text too short: {len(ids)} tokens for {start} + {profile.val_tokens}")
+    return batches, held_out
+
+
 def _smollm2(profile: Profile, log) -> dict:
     from ann.models.smollm2 import load_smollm2
-    from ann.train.code import EvalProtocol, held_out_files
+    from ann.train.code import EvalProtocol
     from quant.hierarchy import build_hierarchy
     from neurohw.accel import PRESETS
     from neurohw.accel.budget import allocation_cost_fn
@@ -153,15 +181,7 @@ def _smollm2(profile: Profile, log) -> dict:
     model, tok = load_smollm2()
     model.eval()
     protocol = EvalProtocol(eval_bytes=profile.eval_bytes)
-    calib_text = "\n".join(f.text for f in held_out_files(40_000, split="val"))
-    ids = tok(calib_text, return_tensors="pt").input_ids[0]
-    n = profile.calib_tokens
-    batches = [{"input_ids": ids[i * n:(i + 1) * n][None], "attention_mask": torch.ones(1, n, dtype=torch.long)}
-               for i in range(profile.calib_batches)]
-    start = n * profile.calib_batches  # held out from the sensitivities: validates the penalty path
-    held_out = [{"input_ids": ids[start:start + profile.val_tokens][None]}]
-    if held_out[0]["input_ids"].shape[1] < profile.val_tokens:
-        raise RuntimeError(f"calibration text too short: {len(ids)} tokens for {start} + {profile.val_tokens}")
+    batches, held_out = lm_calibration(tok, profile)
 
     def bpb(m) -> dict:
         with torch.no_grad():
@@ -280,14 +300,34 @@ def no_image_answers(mfm):
         handle.remove()
 
 
-def _mfm(profile: Profile, log, cache_dir: Path) -> dict:
-    from ann.models.mfm import MFMForConditionalGeneration
-    from ann.train.vqa import answer_slot_logits, encode_vqa, evaluate_mfm
-    from benchmarks.models import _mfm_argv, run_entry
+def mfm_sensitivity(model, val, calib_images: int):
+    """``(hierarchy, sensitivities, validator)`` of an MFM for :func:`allocate_mixed`: KL sensitivities of the
+    answer-slot logits (:func:`ann.train.vqa.answer_slot_logits`) of the first ``calib_images`` images of ``val``
+    (a :class:`ann.train.vqa.VQATensors`), and a validator of the penalty path on the next ``calib_images``
+    (held out from the sensitivities)."""
+    from ann.train.vqa import answer_slot_logits
     from quant.hierarchy import build_hierarchy
     from quant.mixed import kl_validator
-    from quant.model_io import quantize_model
     from quant.sensitivity import Sensitivity
+
+    k = calib_images
+    if len(val.images) < 2 * k:
+        raise RuntimeError(f"the MFM's validation split has {len(val.images)} images; {2 * k} needed (calibration + held out)")
+    # batch 0: the sensitivities' calibration images; batch 1: held out, validates the penalty path
+    parts = [_images(val, 0, k), _images(val, k, 2 * k)]
+
+    def forward(m, batch):  # the answer-slot logits of one part's validation images
+        return answer_slot_logits(m, parts[batch], images_per_batch=k)
+
+    root = build_hierarchy(model)
+    return root, Sensitivity(model, root, [0], fake_quant=_fq, forward=forward), kl_validator(model, [1], forward=forward)
+
+
+def _mfm(profile: Profile, log, cache_dir: Path) -> dict:
+    from ann.models.mfm import MFMForConditionalGeneration
+    from ann.train.vqa import encode_vqa, evaluate_mfm
+    from benchmarks.models import _mfm_argv, run_entry
+    from quant.model_io import quantize_model
     from tasks.synthmed import SynthMedConfig, load_synthmed
     from transformers import AutoTokenizer
 
@@ -304,14 +344,6 @@ def _mfm(profile: Profile, log, cache_dir: Path) -> dict:
     test_split = load_synthmed("test", SynthMedConfig(**{**metrics["data"], "n_test": profile.mfm_test_images}))
     val_split = load_synthmed("val", cfg)
     test, val = encode_vqa(test_split, tok, V), encode_vqa(val_split, tok, V)
-    k = profile.mfm_calib_images
-    if len(val.images) < 2 * k:
-        raise RuntimeError(f"the MFM's validation split has {len(val.images)} images; {2 * k} needed (calibration + held out)")
-    # batch 0: the sensitivities' calibration images; batch 1: held out, validates the penalty path
-    parts = [_images(val, 0, k), _images(val, k, 2 * k)]
-
-    def forward(m, batch):  # the answer-slot logits of one part's validation images
-        return answer_slot_logits(m, parts[batch], images_per_batch=k)
 
     def accuracy(m) -> float:
         with no_image_answers(m):
@@ -320,11 +352,10 @@ def _mfm(profile: Profile, log, cache_dir: Path) -> dict:
     res: dict = {"fp32": {"accuracy": accuracy(model), "average_bits": 32.0,
                           "ram_bytes": sum(p.numel() * 4 for p in model.parameters())}, "params": metrics["params"],
                  "test_questions": len(test.answers)}
-    root = build_hierarchy(model)
+    root, sens, validate = mfm_sensitivity(model, val, profile.mfm_calib_images)
     res["modalities"] = {n.name: n.params for n in root.at_level("modality")}
-    sens = Sensitivity(model, root, [0], fake_quant=_fq, forward=forward)
     t0 = time.perf_counter()
-    variants = _variants(model, root, sens, kl_validator(model, [1], forward=forward), profile, log)
+    variants = _variants(model, root, sens, validate, profile, log)
     res["sensitivity"] = {"seconds": time.perf_counter() - t0, "evaluations": dict(sens.cost.evaluations)}
     for name, (qcfg, info) in variants.items():
         qm = quantize_model(model, qcfg, act_bits=None)

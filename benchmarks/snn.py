@@ -127,12 +127,29 @@ def _ann_byte_lm(params_target: int, seq: int) -> torch.nn.Module:
     return Tokens()
 
 
+def stdlib_train_bytes() -> torch.Tensor:
+    """The standard-library corpus' train split as one uint8 tensor of UTF-8 bytes (the byte LMs' training data)."""
+    from tasks.code import join_code_files, load_stdlib_corpus
+
+    return torch.tensor(list(join_code_files(load_stdlib_corpus("train")).encode("utf-8")), dtype=torch.uint8)
+
+
 def train_and_score_lm(model: torch.nn.Module, train: torch.Tensor, held_out: list[str], *, steps: int, seed: int,
                        log, name: str) -> dict:
-    """Next-byte training on random windows of the train bytes (AdamW, cosine), then held-out bits per byte
-    (ann.eval.lm.bits_per_byte: whole files, windows of 2 * LM_SEQ bytes, stride 1.5 * LM_SEQ)."""
+    """:func:`train_byte_lm`, then held-out bits per byte (ann.eval.lm.bits_per_byte: whole files, windows of
+    2 * LM_SEQ bytes, stride 1.5 * LM_SEQ)."""
     from ann.eval.lm import bits_per_byte
 
+    train_s = train_byte_lm(model, train, steps=steps, seed=seed, log=log, name=name)
+    res = bits_per_byte(_LogitsOf(model), _ByteTokenizer(), held_out, context=2 * LM_SEQ, stride=3 * LM_SEQ // 2,
+                        batch_size=4, progress=False)
+    return {"params": sum(p.numel() for p in model.parameters()), "train_seconds": train_s, "steps": steps,
+            **res.to_dict()}
+
+
+def train_byte_lm(model: torch.nn.Module, train: torch.Tensor, *, steps: int, seed: int, log, name: str) -> float:
+    """Next-byte training of ``model`` (tokens (B, N) -> logits (B, N, 256)) on ``steps`` batches of LM_BATCH random
+    windows of LM_SEQ + 1 bytes of ``train`` (AdamW, one-cycle cosine to lr 2e-3); returns the training seconds."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
@@ -148,21 +165,16 @@ def train_and_score_lm(model: torch.nn.Module, train: torch.Tensor, held_out: li
         sched.step()
         if step % max(1, steps // 5) == 0:
             log(f"{name}: step {step}/{steps}, train {loss.item() / math.log(2):.3f} bits/byte")
-    train_s = time.perf_counter() - t0
-    res = bits_per_byte(_LogitsOf(model), _ByteTokenizer(), held_out, context=2 * LM_SEQ, stride=3 * LM_SEQ // 2,
-                        batch_size=4, progress=False)
-    return {"params": sum(p.numel() for p in model.parameters()), "train_seconds": train_s, "steps": steps,
-            **res.to_dict()}
+    return time.perf_counter() - t0
 
 
 def run_lm(profile: str, seed: int, log) -> dict:
     """The byte-level spiking LM vs a same-size ANN LM, same data, steps and held-out files."""
     from ann.train.code import held_out_files
     from snn.models import SpikingLM, SpikingLMConfig
-    from tasks.code import join_code_files, load_stdlib_corpus
 
     steps, eval_bytes = LM_PROFILE[profile]
-    train = torch.tensor(list(join_code_files(load_stdlib_corpus("train")).encode("utf-8")), dtype=torch.uint8)
+    train = stdlib_train_bytes()
     held_out = [f.text for f in held_out_files(eval_bytes, split="test")]
     torch.manual_seed(seed)
     snn_lm = SpikingLM(SpikingLMConfig(max_positions=2 * LM_SEQ))
@@ -182,18 +194,51 @@ def mfm_argv(size: str, profile: str) -> list[str]:
     return ENTRIES[f"mfm-{size}"].argv(profile, {})
 
 
-def run_mfm(profile: str, seed: int, cache_dir: Path, work: Path, log) -> dict:
-    """The spiking MFM on SynthMed-VQA, trained plainly and distilled from the large ANN MFM, vs the ANN MFM of about
-    the same size (``mfm-small``); the spiking runs copy the small ANN MFM's steps, batch, data and answer probe."""
+def spiking_mfm_argv(small: dict, seed: int) -> list[str]:
+    """``python -m snn.train synthmed`` arguments that copy the ANN MFM run whose metrics are ``small`` (its steps,
+    batch, data splits, questions per image and answer-probe weight), with ``seed``."""
+    data = small["data"]
+    return ["--steps", str(small["loop"]["steps"]), "--images-per-batch", str(small["images_per_batch"]),
+            "--n-train", str(data["n_train"]), "--n-val", str(data["n_val"]), "--n-test", str(data["n_test"]),
+            "--questions-per-image", str(small["train_questions_per_image"]), "--aux-weight", str(small["aux_weight"]),
+            "--data-seed", str(data["seed"]), "--eval-every", "0", "--seed", str(seed), "--quiet"]
+
+
+def teacher_logits_file(teacher_dir: Path, small: dict, path: Path) -> Path:
+    """Write the answer logits (:func:`ann.train.vqa.answer_slot_logits`) of the ANN MFM saved in ``teacher_dir`` on
+    the spiking students' training split (the split :func:`spiking_mfm_argv` gives ``snn.train``) to ``path``
+    (safetensors, ``teacher_logits``); returns ``path``."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     import ann.models.mfm  # noqa: F401  (registers the MFM with the Auto classes)
     from ann.train.vqa import answer_slot_logits, encode_vqa
-    from benchmarks.models import run_entry
-    from snn import train as snn_train
-    from snn.checkpoint import load_model
     from tasks.io import save_tensors
     from tasks.synthmed import SynthMedConfig, load_synthmed
+
+    data = small["data"]
+    teacher = AutoModelForImageTextToText.from_pretrained(teacher_dir)
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    # the same generator arguments as snn.train's training split
+    split = load_synthmed("train", SynthMedConfig(n_train=data["n_train"], n_val=data["n_val"], n_test=data["n_test"],
+                                                  seed=data["seed"], questions_per_image=small["train_questions_per_image"]))
+    save_tensors(path, {"teacher_logits": answer_slot_logits(teacher, encode_vqa(split, tok, teacher.num_visual_tokens))})
+    return path
+
+
+def train_spiking_mfm(argv: list[str], out: Path) -> dict:
+    """``python -m snn.train synthmed ARGV --no-resume --out OUT`` in this process; returns its metrics."""
+    from snn import train as snn_train
+
+    parser = argparse.ArgumentParser()
+    snn_train.add_arguments(parser)
+    return snn_train.run(parser.parse_args([*argv, "--no-resume", "--out", str(out)]))
+
+
+def run_mfm(profile: str, seed: int, cache_dir: Path, work: Path, log) -> dict:
+    """The spiking MFM on SynthMed-VQA, trained plainly and distilled from the large ANN MFM, vs the ANN MFM of about
+    the same size (``mfm-small``); the spiking runs copy the small ANN MFM's steps, batch, data and answer probe."""
+    from benchmarks.models import run_entry
+    from snn.checkpoint import load_model
 
     ann = {}
     for size in ("small", "large"):
@@ -202,25 +247,14 @@ def run_mfm(profile: str, seed: int, cache_dir: Path, work: Path, log) -> dict:
         log(f"ANN MFM ({size}): test accuracy {metrics['test']['accuracy']:.3f}{' (cached)' if cached else ''}")
     small = ann["small"][1]
     data = small["data"]
-    common = ["--steps", str(small["loop"]["steps"]), "--images-per-batch", str(small["images_per_batch"]),
-              "--n-train", str(data["n_train"]), "--n-val", str(data["n_val"]), "--n-test", str(data["n_test"]),
-              "--questions-per-image", str(small["train_questions_per_image"]), "--aux-weight", str(small["aux_weight"]),
-              "--data-seed", str(data["seed"]), "--eval-every", "0", "--seed", str(seed), "--quiet"]
-    # the teacher's answer logits on the students' training split (the same generator arguments as snn.train's)
-    teacher = AutoModelForImageTextToText.from_pretrained(ann["large"][0] / "model")
-    tok = AutoTokenizer.from_pretrained(ann["large"][0] / "model")
-    split = load_synthmed("train", SynthMedConfig(n_train=data["n_train"], n_val=data["n_val"], n_test=data["n_test"],
-                                                  seed=data["seed"], questions_per_image=small["train_questions_per_image"]))
-    teacher_file = work / "teacher_logits.safetensors"
-    save_tensors(teacher_file, {"teacher_logits": answer_slot_logits(teacher, encode_vqa(split, tok, teacher.num_visual_tokens))})
+    common = spiking_mfm_argv(small, seed)
+    teacher_file = teacher_logits_file(ann["large"][0] / "model", small, work / "teacher_logits.safetensors")
 
     runs = {}
     for name, extra in (("spiking", []), ("spiking_distilled", ["--teacher-logits", str(teacher_file)])):
         log(f"{name} MFM: {small['loop']['steps']} steps on {data['n_train']} images")
-        parser = argparse.ArgumentParser()
-        snn_train.add_arguments(parser)
         out = work / name
-        runs[name] = snn_train.run(parser.parse_args([*common, *extra, "--no-resume", "--out", str(out)]))
+        runs[name] = train_spiking_mfm([*common, *extra], out)
         runs[name]["accounting"] = _mfm_accounting(load_model(out / "model"), seed)
         log(f"{name} MFM: test accuracy {runs[name]['test']['accuracy']:.3f}")
     keep = ("params", "test", "train_seconds", "spec")

@@ -24,12 +24,14 @@ import torch
 
 from benchmarks.common import Stopwatch, Target, add_common_args, format_targets, machine_info, versions, write_results
 from benchmarks.compare.core import Context, Measured, RowSpec, finish_row
+from benchmarks.compare.code import ROWS as CODE_ROWS
 from benchmarks.compare.digits import ROWS as DIGITS_ROWS
+from benchmarks.compare.synthmed import ROWS as SYNTHMED_ROWS
 
 __all__ = ["main", "parse_args", "ROWS", "TASKS", "TRACKS"]
 
 TRACKS = ("ann", "snn")
-ROWS: list[RowSpec] = [*DIGITS_ROWS]
+ROWS: list[RowSpec] = [*DIGITS_ROWS, *SYNTHMED_ROWS, *CODE_ROWS]
 TASKS = tuple(dict.fromkeys(r.task for r in ROWS))
 LATENCY_REPEATS = {"quick": 3, "full": 5}
 

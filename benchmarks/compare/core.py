@@ -166,7 +166,8 @@ def mix_accel(parts: list[tuple[float, dict]], bits: str | None = None) -> dict:
 
 def membranes(model: torch.nn.Module, example, timesteps: int | None) -> int:
     """Membrane potentials one inference keeps: the per-sample output size of every spiking-neuron module
-    (:func:`neurohw.workload.default_is_neuron`), seen on the first sample of ``example``; a multi-step module's
+    (:func:`neurohw.workload.default_is_neuron`), seen on the first sample of ``example`` (a tensor, or a dict of
+    keyword inputs); a multi-step module's
     (T, 1, ...) output counts once, not T times."""
     from neurohw.workload import default_is_neuron
 
@@ -180,7 +181,10 @@ def membranes(model: torch.nn.Module, example, timesteps: int | None) -> int:
     hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if default_is_neuron(m)]
     try:
         with torch.no_grad():
-            model(example[:1])
+            if isinstance(example, dict):  # keyword inputs (the first sample of each)
+                model(**{k: v[:1] if torch.is_tensor(v) else v for k, v in example.items()})
+            else:
+                model(example[:1])
     finally:
         for h in hooks:
             h.remove()
