@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 
@@ -16,14 +15,6 @@ def _one_thread():
 
 
 @pytest.fixture
-def byte_tok() -> PreTrainedTokenizerFast:
-    """One token per UTF-8 byte (ids 3..258), <unk>=0, <bos>=1, <eos>=2 (SmolLM2's special-token ids): a stand-in
-    for SmolLM2's tokenizer in tests that must not build the real one."""
-    vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2}
-    for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet())):
-        vocab[c] = i + 3
-    t = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    t.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<eos>")
+def byte_tok(make_byte_tokenizer) -> PreTrainedTokenizerFast:
+    """The byte-level stand-in for SmolLM2's tokenizer (tests/conftest.py)."""
+    return make_byte_tokenizer()

@@ -13,8 +13,7 @@ import dataclasses
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import benchmarks.prune as bp
 import benchmarks.quant as bq
@@ -25,18 +24,6 @@ from benchmarks.compare import code
 
 ROWS = ["code/ann-smollm2", "code/ann-byte-lm", "code/ann-smollm2-mixed", "code/ann-smollm2-pruned",
         "code/ann-smollm2-pruned-mixed", "code/ann-smollm2-speculative", "code/snn-trained", "code/snn-quant"]
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per UTF-8 byte (ids 3..258), <unk>=0, <bos>=1, <eos>=2 (SmolLM2's special-token ids)."""
-    vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2}
-    for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet())):
-        vocab[c] = i + 3
-    t = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    t.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<eos>")
 
 
 def tiny_llama(seed: int = 0, layers: int = 3) -> LlamaForCausalLM:
@@ -57,7 +44,7 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, make_byte_tokenizer):
     """Tiny budgets for every recipe the code rows borrow, the tiny Llama as "SmolLM2", a small token stream."""
     from ann.train.code import encode_files, held_out_files
 
@@ -72,9 +59,9 @@ def tiny(tmp_path_factory):
                                                          lm_eval_bytes=2500))
     mp.setattr(bsq, "LM_VAL_WINDOWS", 2)
     mp.setattr(bsq, "LADDERS", {"weight_ladder": (8, 4), "membrane_ladder": (16, 8)})
-    mp.setattr(code, "_load_smollm2", lambda: (tiny_llama(), byte_tokenizer()))
+    mp.setattr(code, "_load_smollm2", lambda: (tiny_llama(), make_byte_tokenizer()))
     mp.setattr(bs, "load_draft_lm", lambda tok, cache_dir, log: (tiny_llama(seed=1, layers=1), {}))
-    stream = encode_files(held_out_files(12_000, split="val"), byte_tokenizer())
+    stream = encode_files(held_out_files(12_000, split="val"), make_byte_tokenizer())
     mp.setattr("ann.train.code.stdlib_token_stream", lambda split, tok, **kw: stream)
     out, cache = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("cache")
     only = [a for r in ROWS for a in ("--only", r)]
@@ -136,13 +123,13 @@ def test_speculative_decoding_keeps_the_targets_quality_and_costs_both_models(ti
     assert spec["accel"]["macs"] > fp32["accel"]["macs"]
 
 
-def test_speculative_with_prompt_lookup_costs_only_the_target(monkeypatch, tmp_path):
+def test_speculative_with_prompt_lookup_costs_only_the_target(monkeypatch, tmp_path, make_byte_tokenizer):
     from benchmarks.compare.core import Context
 
     monkeypatch.setitem(code.PROFILES, "quick", code.CodeProfile(eval_bytes=1500, lm_steps=1, prompt_bytes=64,
                                                                  new_bytes=24))
     model = tiny_llama()
-    monkeypatch.setattr(code, "_load_smollm2", lambda: (model, byte_tokenizer()))
+    monkeypatch.setattr(code, "_load_smollm2", lambda: (model, make_byte_tokenizer()))
     ctx = Context(profile="quick", seed=0, cache_dir=tmp_path, log=lambda m: None, progress=False, latency_repeats=1)
     m = code.smollm2_speculative(ctx)
     assert "prompt-lookup" in m.variant and "identical to plain greedy" in m.notes
