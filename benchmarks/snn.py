@@ -92,11 +92,13 @@ class _ByteTokenizer:
 
 class _LogitsOf(torch.nn.Module):
     """``model(input_ids=..., attention_mask=...).logits`` for a model that maps tokens (B, N) to logits; right
-    padding is harmless for a causal model (no position sees a later one)."""
+    padding is harmless for a causal model (no position sees a later one). It takes ``inner``'s training mode, so
+    that :func:`ann.eval.lm.bits_per_byte`, which restores the mode it found, leaves ``inner`` as it was."""
 
     def __init__(self, inner: torch.nn.Module) -> None:
         super().__init__()
         self.inner = inner
+        self.train(inner.training)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         return types.SimpleNamespace(logits=self.inner(input_ids))

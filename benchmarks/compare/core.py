@@ -7,8 +7,9 @@ batch to trace, the widths it runs at, its memory). :func:`finish_row` then meas
 - **accelerator** (:mod:`neurohw.accel`, preset ``default``): the model traced on the example batch
   (:func:`neurohw.workload.trace`: measured spike rates for a spiking model) at the row's integer widths and mapped
   op by op: cycles, latency, energy split into compute and data movement (SRAM + DRAM), per inference. The
-  accelerator computes in integers: an fp32 row is mapped at INT16 on the same preset with 16-bit multipliers (the
-  column ``accel bits`` says which);
+  accelerator computes in integers: an fp32 row, ANN or SNN, is mapped at INT16 weights and activations (and
+  16-bit membranes) on the same preset with 16-bit multipliers; a row stored at integer widths (int8 PTQ, mixed
+  precision, a tiered-quantized SNN, Loihi's fixed point) is mapped at those (the column ``accel bits`` says which);
 - **memory**: weights at their stored widths + state (membrane potentials of one inference for spiking models,
   counted by :func:`membranes`; the key/value cache of the evaluated context for LMs; 0 for a feed-forward ANN,
   whose activations do not persist);
@@ -200,7 +201,7 @@ def finish_row(m: Measured) -> dict:
     accel = m.accel
     if accel is None and m.model is not None:
         accel = accel_cost(m.model, m.example, timesteps=m.timesteps, weight_bits=m.weight_bits, act_bits=m.act_bits,
-                           state_bits=m.state_bits, name=m.variant)
+                           state_bits=min(m.state_bits, FP_ACCEL_BITS), name=m.variant)
     w, s = m.memory
     if s is None:  # the membranes of one inference, at the row's state width
         s = membranes(m.model, m.example, m.timesteps) * m.state_bits / 8

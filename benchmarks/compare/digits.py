@@ -113,7 +113,7 @@ def snn_converted(ctx: Context) -> list[Measured]:
         out.append(Measured(task="digits", track="snn", variant=f"converted IF T={T}", metric="test accuracy",
                             quality=evaluate(snn, test.x, test.y), params=n, memory=(4.0 * n, None), state_bits=32,
                             cpu_ms=cpu_ms_per_sample(lambda: snn(test.x), len(test.x), repeats=ctx.latency_repeats),
-                            model=snn, example=test.x, timesteps=T, weight_bits=8, act_bits=8,
+                            model=snn, example=test.x, timesteps=T,
                             loihi={"reason": "not deployed: this conversion resets by subtraction, Loihi's LIF resets "
                                              "to zero; the Loihi row is the hard-reset conversion"},
                             reproduce=_cmd(ctx, "digits/snn-converted")))
@@ -211,7 +211,7 @@ NO_LAVA = {"reason": "not deployable: the Lava target (neurohw.lava) runs feed-f
                      "a product of two spike tensors)"}
 
 
-def _spiking_row(ctx: Context, model, variant: str, row_id: str, memory, *, weight_bits=8, notes="",
+def _spiking_row(ctx: Context, model, variant: str, row_id: str, memory, *, weight_bits=None, notes="",
                  images: bool = False) -> Measured:
     """A row of a multi-step spiking classifier; ``images``: it takes (B, 1, 8, 8) images, not flat vectors."""
     from tasks.classifier import evaluate
@@ -222,7 +222,7 @@ def _spiking_row(ctx: Context, model, variant: str, row_id: str, memory, *, weig
     return Measured(task="digits", track="snn", variant=variant, metric="test accuracy", quality=evaluate(model, x, test.y),
                     params=sum(p.numel() for p in model.parameters()), memory=memory,
                     cpu_ms=cpu_ms_per_sample(lambda: model(x), len(x), repeats=ctx.latency_repeats),
-                    model=model, example=x, timesteps=T, weight_bits=weight_bits, act_bits=8, notes=notes,
+                    model=model, example=x, timesteps=T, weight_bits=weight_bits, notes=notes,
                     loihi=NO_LAVA, reproduce=_cmd(ctx, row_id))
 
 
@@ -233,7 +233,7 @@ def snn_trained(ctx: Context) -> Measured:
     mem = spiking_memory(model, _data(ctx)["test"].x[:1])
     return _spiking_row(ctx, model, "spike-driven ViT (trained)", "digits/snn-trained", (mem.weight_bytes, mem.state_bytes),
                         notes="fp32 weights and membranes as trained (BatchNorm statistics included); the accelerator "
-                              "runs it at W8 with 16-bit membranes")
+                              "runs it at W16A16 with 16-bit membranes, as every fp32 row")
 
 
 def snn_quantized(ctx: Context) -> Measured:

@@ -55,15 +55,26 @@ class SpikeDrivenBlock(nn.Module):
         self.fc1, self.fc1_bn = nn.Linear(dim, mlp_ratio * dim), SeqBN(mlp_ratio * dim)
         self.fc2, self.fc2_bn = nn.Linear(mlp_ratio * dim, dim), SeqBN(dim)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:  # (T, B, N, D) -> (T, B, N, D)
+    def forward(self, u: torch.Tensor, cache: dict | None = None) -> torch.Tensor:  # (T, B, N, D) -> (T, B, N, D)
+        """``cache`` (causal blocks only): the key / value spikes of the positions before ``u``'s, as ``{"k", "v"}``
+        tensors (T, B, h, P, d) (an empty dict: none yet); ``u``'s own are appended to it. Every neuron's state runs
+        over the T timesteps of one position only, so ``u`` may hold just the new positions: the output equals the
+        last N positions of a forward over all P + N (:meth:`snn.models.SpikingLM.forward`)."""
         T, B, N, D = u.shape
         h, d = self.heads, D // self.heads
         q, k, v = self.qkv_bn(self.qkv(self.in_lif(u))).chunk(3, dim=-1)  # 3 x (T, B, N, D)
         q, k, v = (lif(x).view(T, B, N, h, d).transpose(2, 3) for lif, x in ((self.q_lif, q), (self.k_lif, k), (self.v_lif, v)))
+        if cache is not None:
+            if not self.causal:
+                raise ValueError("SpikeDrivenBlock: a key/value cache needs a causal block (causal=True)")
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=3), torch.cat([cache["v"], v], dim=3)
+            cache["k"], cache["v"] = k, v
         if self.causal:
-            mask = torch.ones(N, N, dtype=torch.bool, device=u.device).tril()
-            scores = (q @ k.transpose(-2, -1)).masked_fill(~mask, 0.0)  # (T, B, h, N, d) x (T, B, h, d, N) -> (T, B, h, N, N)
-            a = scores @ v  # (T, B, h, N, N) x (T, B, h, N, d) -> (T, B, h, N, d)
+            past = k.shape[3] - N  # cached positions: query n sees keys m <= past + n
+            mask = torch.ones(N, past + N, dtype=torch.bool, device=u.device).tril(diagonal=past)
+            scores = (q @ k.transpose(-2, -1)).masked_fill(~mask, 0.0)  # (T, B, h, N, d) x (T, B, h, d, P+N) -> (T, B, h, N, P+N)
+            a = scores @ v  # (T, B, h, N, P+N) x (T, B, h, P+N, d) -> (T, B, h, N, d)
         else:
             a = q @ (k.transpose(-2, -1) @ v)  # (T, B, h, N, d) x ((T, B, h, d, N) x (T, B, h, N, d)) -> (T, B, h, N, d)
         a = self.attn_lif((a * self.scale).transpose(2, 3).reshape(T, B, N, D))

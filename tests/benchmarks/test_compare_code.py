@@ -147,34 +147,6 @@ def test_second_run_loads_the_cache(tiny, tmp_path):
     assert again["rows"][0]["quality"] == pytest.approx(tiny["rows"]["code/snn-quant"]["quality"], abs=1e-9)
 
 
-def test_trace_calls_of_a_plain_decode_is_trace_decode():
-    """Contract: replaying a plain decode's recorded forward calls costs what trace_decode traces."""
-    from benchmarks.compare.core import workload_cost
-    from neurohw.workload import Numeric
-    from neurohw.workload.reference import trace_decode
-
-    model, P, N = tiny_llama(), 7, 5
-    calls: list = []
-    with code._recording(model, calls):
-        code._greedy(model, list(range(3, 3 + P)), N)
-    assert calls == [(0, P, 1)] + [(P + i, 1, 1) for i in range(N - 1)]
-    a = workload_cost(code.trace_calls(model, calls, name="replay"))
-    b = workload_cost(trace_decode(model, prompt_len=P, new_tokens=N, numeric=Numeric.INT, weight_bits=16, act_bits=16))
-    for k in ("cycles", "macs", "latency_ms"):
-        assert a[k] == pytest.approx(b[k], rel=1e-9), k
-    assert a["energy_uj"]["total"] == pytest.approx(b["energy_uj"]["total"], rel=1e-9)
-    with pytest.raises(ValueError, match="one sequence, in order"):
-        code.trace_calls(model, [(0, 3, 1), (5, 1, 1)], name="bad")
-
-
-def test_kv_cache_bytes_closed_form():
-    model = tiny_llama()
-    # positions x layers x (K + V) x kv_heads x head_dim x 2 bytes
-    assert code.kv_cache_bytes(model, 10) == 10 * 3 * 2 * 2 * 16 * 2
-    with pytest.raises(ValueError, match="k_proj"):
-        code.kv_cache_bytes(torch.nn.Linear(2, 2), 10)
-
-
 @pytest.mark.parametrize("field,value", [("eval_bytes", 0), ("prompt_bytes", 500), ("draft", "lookup"),
                                          ("prune_vocab", "tiny")])
 def test_profile_errors_name_the_field(field, value):

@@ -1,4 +1,4 @@
-"""snn.models.spiking_lm: causality, learning, engines, tracing, bad input."""
+"""snn.models.spiking_lm: causality, the cached decode, learning, engines, tracing, bad input."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neurohw.workload import OpKind, trace
-from snn.models import SpikingLM, SpikingLMConfig
+from snn.models import SpikingLM, SpikingLMCache, SpikingLMConfig
 from snn.neurons import Engine
 
 SMALL = dict(dim=32, depth=1, heads=2, max_positions=32, timesteps=3)
@@ -22,6 +22,51 @@ def test_logits_depend_only_on_past_tokens():
     assert a.shape == (2, 20, 256)
     torch.testing.assert_close(a[:, :12], b[:, :12], rtol=0, atol=0)  # exact: the causal mask zeroes the future
     assert not torch.equal(a[:, 12:], b[:, 12:])
+
+
+def _spiky_lm(seed: int = 0) -> SpikingLM:
+    torch.manual_seed(seed)
+    return SpikingLM(SpikingLMConfig(**SMALL, attn_threshold=0.5)).eval()
+
+
+def test_cached_steps_give_the_full_forwards_logits():
+    m = _spiky_lm()
+    x = torch.randint(0, 256, (2, 20))
+    full = m(x)
+    cache = SpikingLMCache()
+    parts = [m(x[:, :9], cache)] + [m(x[:, n:n + 1], cache) for n in range(9, 16)] + [m(x[:, 16:], cache)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m(x, logits_to_keep=3), full[:, -3:], rtol=1e-5, atol=1e-5)
+    assert cache.length == 20
+    # binary key / value spikes: 2 per block, timestep, position and width
+    assert cache.spike_count() == 2 * SMALL["depth"] * SMALL["timesteps"] * 2 * 20 * SMALL["dim"]
+    assert all(bool(((t == 0) | (t == 1)).all()) for b in cache.blocks for t in b.values())
+
+
+def test_generate_equals_greedy_decoding_without_a_cache():
+    m = _spiky_lm(1)
+    prompt = torch.randint(0, 256, (1, 7))
+    ids = prompt.clone()
+    for _ in range(6):  # the window again for every token
+        ids = torch.cat([ids, m(ids)[:, -1:].argmax(-1)], dim=1)
+    cache = SpikingLMCache()
+    assert torch.equal(m.generate(prompt, 6, cache), ids[:, 7:])
+    assert cache.length == 7 + 6 - 1
+
+
+def test_the_cache_is_refused_where_it_would_be_wrong():
+    m = _spiky_lm()
+    with pytest.raises(ValueError, match="needs eval mode"):
+        m.train()(torch.zeros(1, 4, dtype=torch.long), SpikingLMCache())
+    m.eval()
+    cache = SpikingLMCache()
+    m(torch.zeros(1, 30, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="sequence length 33 exceeds max_positions=32"):
+        m(torch.zeros(1, 3, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="pass an empty SpikingLMCache"):
+        m.generate(torch.zeros(1, 2, dtype=torch.long), 2, cache)
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        m.generate(torch.zeros(1, 2, dtype=torch.long), 0)
 
 
 def test_same_weights_same_logits_on_every_engine():
