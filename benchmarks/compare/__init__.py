@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -49,7 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/neuromfm/compare"),
                    help="where trained checkpoints are cached, keyed by a hash of their config")
     p.add_argument("--quiet", action="store_true", help="no progress messages or bars")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads for the whole run (default: torch's); 1 keeps the CPU-latency column steadier "
+                        "when other jobs share the cores")
     args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads {args.threads} is invalid: use an int >= 1")
     if args.only:
         unknown = [pat for pat in args.only if not any(fnmatch.fnmatch(r.id, pat) for r in ROWS)]
         if unknown:
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.tracks = tuple(dict.fromkeys(args.tracks))
     log = (lambda _m: None) if args.quiet else (lambda m: print(f"[compare] {m}", file=sys.stderr, flush=True))
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ctx = Context(profile=args.profile, seed=args.seed, cache_dir=args.cache_dir, log=log, progress=not args.quiet,
                   latency_repeats=LATENCY_REPEATS[args.profile])
     specs = select(args)
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                "meta": {"benchmark": "compare", "command": cmd, "tracks": list(args.tracks), "rows_selected": [s.id for s in specs],
                         "profile": args.profile, "seed": args.seed, "wall_time_s": sw.seconds, "failures": failures,
                         "trained_this_run": ctx.trained, "cache_dir": str(args.cache_dir),
+                        "torch_threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
                         "machine": machine_info(), "versions": versions("spikingjelly", "safetensors", "transformers")},
                "targets": [t.to_dict() for t in targets]}
     path = write_results(args.out, "compare", payload, markdown=markdown(payload, targets))

@@ -93,3 +93,6 @@ def test_bad_arguments_name_the_choices(capsys):
         compare.parse_args(["ann", "--only", "digits/nope"])
     err = capsys.readouterr().err
     assert "matches no row" in err and "digits/ann-fp32" in err
+    with pytest.raises(SystemExit):
+        compare.parse_args(["ann", "--threads", "0"])
+    assert "--threads 0 is invalid" in capsys.readouterr().err
