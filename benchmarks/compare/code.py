@@ -21,8 +21,8 @@ the byte-level models; a vocabulary-trimmed tokenizer has a smaller ``b``, so mo
 - **accelerator** and **memory**: the decode as it runs, step by step (:mod:`benchmarks.compare.decode`):
   transformers traced by :func:`neurohw.workload.reference.trace_decode` (speculative decoding: the measured run's
   target (and draft) calls replayed, :func:`benchmarks.compare.decode.trace_calls`), state the key/value cache at
-  16 bits; the spiking LM by :func:`benchmarks.compare.decode.trace_spiking_decode` on the decoded text, state its
-  spike cache at 1 bit per spike + one step's membranes.
+  fp32; the spiking LM by :func:`benchmarks.compare.decode.trace_spiking_decode` on the decoded text, state its
+  spike cache at 1 bit per spike + the prefill's membranes.
 
 Rows: the Llama-style code LMs trained here and SmolLM2-135M-Instruct (fp32); SmolLM2 with hierarchy-aware mixed
 precision (:mod:`benchmarks.quant`), structurally pruned with recovery (:mod:`benchmarks.prune`) and both;
@@ -443,14 +443,14 @@ def _spiking_lm_row(ctx: Context, row_id: str, variant: str, model, *, weight_by
     """A row of the byte-level spiking LM (module docstring): decoded with its spike cache
     (:meth:`snn.models.SpikingLM.generate`), the same decode traced for the accelerator
     (:func:`benchmarks.compare.decode.trace_spiking_decode`); state: the spike cache at 1 bit per spike +
-    ``membrane_bytes`` (one step's membranes); it cannot go to Loihi (:data:`NO_LAVA`)."""
+    ``membrane_bytes`` (the prefill's membranes: the largest call); it cannot go to Loihi (:data:`NO_LAVA`)."""
     from benchmarks.snn import _ByteTokenizer, _LogitsOf
 
     ev = _bpb(ctx, _LogitsOf(model), _ByteTokenizer())
     d = _decode(ctx)
     prompt, n, T = torch.tensor([d.byte_ids]), d.new_bytes, model.config.timesteps
     ms = cpu_ms_per_sample(lambda: model.generate(prompt, n), 1, repeats=ctx.latency_repeats)
-    fed = d.byte_ids + model.generate(prompt, n)[0, :-1].tolist()  # what the decode feeds
+    fed = torch.cat([prompt, model.generate(prompt, n)[:, :-1]], dim=1)  # what the decode feeds
     w, cache = trace_spiking_decode(model, fed, len(d.byte_ids), name=variant, weight_bits=weight_bits or 16,
                                     act_bits=16, state_bits=state_bits)
     return Measured(task="code", track="snn", variant=variant, metric=METRIC, quality=ev["bits_per_byte"],
@@ -460,7 +460,7 @@ def _spiking_lm_row(ctx: Context, row_id: str, variant: str, model, *, weight_by
                     notes=(f"{notes}; " if notes else "") + f"decode: {len(d.byte_ids)} prompt + {n} new bytes with "
                           f"the spike cache (T={T}: key / value spikes of every block and timestep); state: the "
                           f"cache of {cache.length} positions at 1 bit per spike ({cache.spike_count() / 8 / 1e3:.1f} "
-                          f"kB) + one step's membranes ({membrane_bytes / 1e3:.2f} kB); accelerator: the decode traced "
+                          f"kB) + the membranes of the prefill, the largest call ({membrane_bytes / 1e3:.1f} kB); accelerator: the decode traced "
                           "(trace_spiking_decode; cached spikes are read as the attention products' operands at the "
                           "activation width)",
                     reproduce=_cmd(ctx, row_id))
@@ -477,8 +477,8 @@ def ann_byte_lm(ctx: Context) -> Measured:
                                               "steps, same data")
 
 
-def _one_byte() -> torch.Tensor:
-    return torch.tensor([[32]])  # one position: the membranes a decode step holds
+def _prompt(ctx: Context) -> torch.Tensor:
+    return torch.tensor([_decode(ctx).byte_ids])  # (1, P): the prefill, whose membranes are the largest call's
 
 
 def snn_trained(ctx: Context) -> Measured:
@@ -486,7 +486,7 @@ def snn_trained(ctx: Context) -> Measured:
 
     lms = ctx.once("code/byte-lms", lambda: _byte_lms(ctx))
     lm = lms["spiking"]
-    mem = spiking_memory(lm, _one_byte())
+    mem = spiking_memory(lm, _prompt(ctx))
     return _spiking_lm_row(ctx, "code/snn-trained", "spiking LM (byte-level, trained)", lm,
                            weight_bytes=mem.weight_bytes, membrane_bytes=mem.state_bytes,
                            notes=f"snn.models.SpikingLM (LIF, T={lm.config.timesteps}), surrogate-gradient training, "
@@ -525,7 +525,7 @@ def snn_quantized(ctx: Context) -> Measured:
     lms = ctx.once("code/byte-lms", lambda: _byte_lms(ctx))
     q, p, got = _snn_quant(ctx, lms["spiking"], lms["folder"])
     qm = q.build(p)
-    mem = spiking_memory(qm, _one_byte(), weight_bits=p.weights, per_tensor=p.per_tensor)
+    mem = spiking_memory(qm, _prompt(ctx), weight_bits=p.weights, per_tensor=p.per_tensor)
     n_w = sum(qm.get_parameter(n).numel() for n in p.weights)
     w_bits = math.ceil(sum(qm.get_parameter(n).numel() * b for n, b in p.weights.items()) / n_w) if n_w else 16
     v_bits = max(p.membranes.values()) if p.membranes else 16

@@ -9,7 +9,7 @@ decode runs, on the CPU and on the accelerator.
 - The spiking LM (:class:`snn.models.SpikingLM`) decodes with its spike cache (:meth:`snn.models.SpikingLM.generate`:
   the key / value spikes of every block and timestep, 1 bit each); its workload (:func:`trace_spiking_decode`) is
   the same decode traced on the real text, so spike rates are measured ones. State: the spike cache (1 bit per
-  spike) + the membranes of one step's neurons at their width.
+  spike) + the membranes of the prefill (the largest call) at their width.
 
 Either way every step is one forward call on the accelerator, whose weights are fetched again per call when they
 do not stay on chip (:mod:`neurohw.accel`): the cost of a decode, not of one forward over the whole text.
@@ -18,14 +18,16 @@ do not stay on chip (:mod:`neurohw.accel`): the cost of a decode, not of one for
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 
 __all__ = ["KV_BITS", "kv_cache_bytes", "hf_greedy", "recording", "trace_calls", "with_weight_bits",
-           "trace_spiking_decode"]
+           "trace_hf_decode", "trace_spiking_decode"]
 
-KV_BITS = 16  # the key/value cache on the accelerator (the fp32 rows' INT16 activations)
+KV_BITS = 32  # the key/value cache as stored: every LM row computes its activations in fp32 (the
+# memory column counts state at its stored width, like the SynthMed MFMs' caches; the accelerator moves it at INT16)
 
 
 def kv_cache_bytes(model, positions: int, bits: int = KV_BITS) -> float:
@@ -62,6 +64,14 @@ def recording(model, calls: list):
         handle.remove()
 
 
+def _kv_spec(model):
+    from neurohw.workload.trace import KVCacheSpec
+
+    cfg = getattr(model.config, "text_config", None) or model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return KVCacheSpec(kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, head_dim=head_dim)
+
+
 @torch.no_grad()
 def trace_calls(model, calls: list[tuple[int, int, int]], *, name: str, bits: int = 16, seed: int = 0):
     """The workload of a causal LM's forward calls ``(cached positions, fed tokens, logits kept)`` in order (e.g.
@@ -72,12 +82,10 @@ def trace_calls(model, calls: list[tuple[int, int, int]], *, name: str, bits: in
     from transformers import DynamicCache
 
     from neurohw.workload import Numeric
-    from neurohw.workload.trace import KVCacheSpec, Tracer
+    from neurohw.workload.trace import Tracer
 
     cfg = model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    tracer = Tracer(model, batch=1, kv=KVCacheSpec(kv_heads=getattr(cfg, "num_key_value_heads", None)
-                                                   or cfg.num_attention_heads, head_dim=head_dim))
+    tracer = Tracer(model, batch=1, kv=_kv_spec(model))
     g = torch.Generator().manual_seed(seed)
     cache = DynamicCache()
     try:
@@ -105,27 +113,70 @@ def with_weight_bits(workload, bits: dict[str, int]):
 
 
 @torch.no_grad()
-def trace_spiking_decode(model, tokens: list[int], prompt_len: int, *, name: str, weight_bits: int, act_bits: int,
-                         state_bits: int):
-    """The workload of the spiking LM's cached greedy decode of ``tokens`` (prompt + the decoded tokens but the
-    last, which is not fed): a prefill of the first ``prompt_len`` positions (logits of the last only), then one
-    single-position step per further token, every call on the real text (measured spike rates) under one tracer
-    with the model's T. Returns ``(workload, the spike cache at the end)``."""
+def trace_hf_decode(model, prefill: dict, steps: torch.Tensor, *, name: str, weight_bits: int = 16, act_bits: int = 16,
+                    prefill_runner=None, cache_prefill: dict | None = None):
+    """The workload of a HF causal (or image-text-to-text) model's cached greedy decode, per sample of a batch of
+    equal shapes: the prefill ``model(**prefill)`` (logits of the last position only), then ``steps`` (B, S)
+    fed one token per call with the key/value cache (teacher-forced: the tokens greedy decoding produced, so
+    shapes are the decode's). ``prefill_runner``: a module around ``model`` traced for the prefill instead
+    (e.g. :class:`ann.cooptimize.TokenPrunedMFM`'s token pruning, which keeps no cache); the steps then read the
+    cache of ``model``'s own prefill (on ``cache_prefill``, default ``prefill``: e.g. the runner's input
+    embeddings), which keeps every token (an upper bound of the runner's steps)."""
     from neurohw.workload import Numeric
     from neurohw.workload.trace import Tracer
-    from snn.models import SpikingLMCache
 
-    if not 1 <= prompt_len <= len(tokens):
-        raise ValueError(f"trace_spiking_decode: prompt_len={prompt_len} must lie in [1, {len(tokens)}]")
-    ids = torch.tensor([tokens])
-    cache = SpikingLMCache()
-    tracer = Tracer(model, batch=1, timesteps=model.config.timesteps)
+    model.eval()
+    cache = None
+    if prefill_runner is not None:  # the steps' cache, made before the tracer's hooks exist
+        cache = model(**(cache_prefill or prefill), use_cache=True, logits_to_keep=1).past_key_values
+    B, P = prefill["input_ids"].shape
+    tracer = Tracer(prefill_runner or model, batch=B, kv=_kv_spec(model))
+    try:
+        tracer.rec.new_tokens = P
+        if prefill_runner is not None:
+            tracer.run(lambda: prefill_runner(**prefill))
+        else:
+            cache = tracer.run(lambda: model(**prefill, use_cache=True, logits_to_keep=1)).past_key_values
+        for j in range(steps.shape[1]):
+            tracer.rec.new_tokens = 1
+            ids = steps[:, j:j + 1]
+            cache = tracer.run(lambda: model(input_ids=ids, past_key_values=cache, use_cache=True,
+                                             logits_to_keep=1)).past_key_values
+    finally:
+        tracer.close()
+    return tracer.workload(name=name, numeric=Numeric.INT, weight_bits=weight_bits, act_bits=act_bits,
+                           state_bits=act_bits)
+
+
+@torch.no_grad()
+def trace_spiking_decode(model, tokens: torch.Tensor, prompt_len: int, *, name: str, weight_bits: int, act_bits: int,
+                         state_bits: int, visual: Callable[[], torch.Tensor] | None = None):
+    """The workload of a spiking decoder's cached greedy decode (:class:`snn.models.blocks.SpikeKVCache`) of
+    ``tokens`` (B, L: prompt + the decoded tokens but the last, which is not fed), per sample: a prefill of the
+    first ``prompt_len`` positions (logits of the last only), then one single-position step per further token,
+    every call on the real text (measured spike rates) under one tracer with the model's T. ``visual``: for
+    :class:`snn.models.SpikingMFM`, makes the visual tokens (traced too) that the prefill takes. Returns
+    ``(workload, the cache at the end)``."""
+    from neurohw.workload import Numeric
+    from neurohw.workload.trace import Tracer
+    from snn.models import SpikeKVCache
+
+    if not 1 <= prompt_len <= tokens.shape[1]:
+        raise ValueError(f"trace_spiking_decode: prompt_len={prompt_len} must lie in [1, {tokens.shape[1]}]")
+    cache = SpikeKVCache()
+    if visual is None:
+        def call(ids, first):
+            return model(ids, cache, logits_to_keep=1)
+    else:
+        def call(ids, first):
+            return model.decode(visual() if first else None, ids, cache, logits_to_keep=1)
+    tracer = Tracer(model, batch=tokens.shape[0], timesteps=model.config.timesteps)
     was_training = model.training
     model.eval()
     try:
-        tracer.run(lambda: model(ids[:, :prompt_len], cache, logits_to_keep=1))
-        for n in range(prompt_len, len(tokens)):
-            tracer.run(lambda: model(ids[:, n:n + 1], cache, logits_to_keep=1))
+        tracer.run(lambda: call(tokens[:, :prompt_len], True))
+        for n in range(prompt_len, tokens.shape[1]):
+            tracer.run(lambda: call(tokens[:, n:n + 1], False))
     finally:
         tracer.close()
         model.train(was_training)

@@ -13,14 +13,15 @@ Every row answers the same test questions: the large MFM's own test split (its t
   profile; the spiking MFM distilled from the large MFM (``benchmarks.snn``'s recipe, :func:`benchmarks.snn.
   spiking_mfm_argv`); the spiking MFM after :mod:`snn.quant`'s tiered search.
 
-One inference is one (image, question): the MFMs and the spiking MFM are traced for the accelerator on one
-teacher-forced pass over ``<bos>``, the visual tokens, the question and the answer words (without ``<eos>``),
-which is what greedy decoding with a key/value cache computes (the prompt's prefill, then one step per answer
-word), on a few test samples of one length (no padding); the ViTs read image + question once and classify. The
-MFM's state memory is its key/value cache for that context, ``2 L_layers H_kv d_head n_ctx`` values at fp32
-(4 bytes); spiking models keep their membranes. CPU time: greedy answers (the MFMs' three decoding steps
-recompute the prefix, as :func:`ann.train.vqa.predict_answers` does) for :attr:`Settings.latency_images` test
-images, median per question.
+One inference is one (image, question). The MFMs and the spiking MFM are costed on the accelerator as greedy
+decoding with a cache runs (:mod:`benchmarks.compare.decode`): a prefill of ``<bos>``, the visual tokens and the
+question, then one single-token step per answer token (the last predicts ``<eos>``), each call fetching what does
+not stay on chip, on a few test samples of the most common (prompt, answer) lengths; the ViTs read image + question
+once and classify. State memory: the MFM's key/value cache of that context, ``2 L_layers H_kv d_head n_ctx`` values
+at fp32 (4 bytes); the spiking MFM's spike cache (1 bit per key / value spike) + the prefill's membranes; the
+converted ViT's membranes. CPU time: greedy answers (every decoding step recomputes the prefix, as
+:func:`ann.train.vqa.predict_answers` and :meth:`snn.models.SpikingMFM.generate` do) for
+:attr:`Settings.latency_images` test images, median per question.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from benchmarks.compare.core import (Context, Measured, RowSpec, accel_cost, cached_dir, cpu_ms_per_sample,
-                                     dense_weight_bytes, mix_accel)
+from benchmarks.compare.core import (FP_ACCEL_BITS, Context, Measured, RowSpec, cached_dir, cpu_ms_per_sample,
+                                     dense_weight_bytes, mix_accel, workload_cost)
+from benchmarks.compare.decode import KV_BITS
 
 if TYPE_CHECKING:
     from benchmarks.conversion import Profile as ConversionProfile
@@ -190,14 +192,38 @@ def _encoded(ctx: Context, tok, V: int, q: int | None = None):
 
 
 # ------------------------------------------------------------------------------------------------ ANN MFM rows
-def _example(data, n: int = ACCEL_SAMPLES) -> dict:
-    """``n`` test samples of the most common length as one unpadded batch of MFM inputs: every token but ``<eos>``."""
-    mask = data.attention_mask[:, :-1]
-    length = Counter(mask.sum(1).tolist()).most_common(1)[0][0]
-    sel = torch.nonzero(mask.sum(1) == length).flatten()[:n]
-    return {"input_ids": data.input_ids[sel, :-1][:, -length:],  # (n, L) -> (n, length): no <eos>, no padding
-            "attention_mask": torch.ones(len(sel), length, dtype=torch.long),
-            "pixel_values": data.images[data.image_index[sel]]}
+def _decode_batch(data, n: int = ACCEL_SAMPLES) -> tuple[dict, torch.Tensor]:
+    """``n`` test samples of the most common (prompt, answer) lengths, unpadded, as one decode: ``(prefill, steps)``,
+    the prefill's MFM inputs (``<bos>``, the visual tokens and the question) and the answer tokens fed one per
+    step (all but ``<eos>``, which the last step predicts)."""
+    real = data.attention_mask.sum(1)  # (N,) tokens of each left-padded row, <eos> included
+    answer = (data.labels != -100).sum(1)  # (N,) answer tokens + <eos>, at the end of every row
+    pair = Counter(zip(real.tolist(), answer.tolist())).most_common(1)[0][0]
+    sel = torch.nonzero((real == pair[0]) & (answer == pair[1])).flatten()[:n]
+    L, (m, r) = data.input_ids.shape[1], pair
+    prefill = {"input_ids": data.input_ids[sel, L - m:L - r], "attention_mask": torch.ones(len(sel), m - r, dtype=torch.long),
+               "pixel_values": data.images[data.image_index[sel]]}
+    return prefill, data.input_ids[sel, L - r:L - 1]
+
+
+def _mfm_decode_cost(model, data, name: str, weight_bits: int | None = None) -> tuple[dict, int]:
+    """The accelerator columns of one question answered by a greedy cached decode (module docstring), and its
+    context length; a :class:`ann.cooptimize.TokenPrunedMFM` runs its pruned prefill, its MFM the steps."""
+    from ann.cooptimize import TokenPrunedMFM
+    from benchmarks.compare.decode import trace_hf_decode
+
+    prefill, steps = _decode_batch(data)
+    kw: dict = {}
+    base = model
+    if isinstance(model, TokenPrunedMFM):
+        ids = prefill["input_ids"]
+        with torch.no_grad():
+            feats = model.get_image_features(prefill["pixel_values"]).pooler_output
+            embeds = model.get_input_embeddings()(ids).masked_scatter((ids == model.config.image_token_id)[..., None], feats)
+        base, kw = model.mfm, {"prefill_runner": model,
+                               "cache_prefill": {"inputs_embeds": embeds, "attention_mask": prefill["attention_mask"]}}
+    w = trace_hf_decode(base, prefill, steps, name=name, weight_bits=weight_bits or FP_ACCEL_BITS, **kw)
+    return workload_cost(w), prefill["input_ids"].shape[1] + steps.shape[1]
 
 
 def _kv_bytes(model, context: int, *, dropped: int = 0, from_layer: int = 0) -> float:
@@ -206,7 +232,7 @@ def _kv_bytes(model, context: int, *, dropped: int = 0, from_layer: int = 0) -> 
     cfg = model.config.text_config
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     tokens = sum(context - (dropped if i >= from_layer else 0) for i in range(cfg.num_hidden_layers))
-    return 2.0 * cfg.num_key_value_heads * hd * tokens * 4
+    return 2.0 * cfg.num_key_value_heads * hd * tokens * KV_BITS / 8
 
 
 def _accuracy(pred: list[str], data) -> float:
@@ -220,14 +246,14 @@ def _mfm_row(ctx: Context, model, tok, row_id: str, variant: str, *, weights: fl
 
     data = _encoded(ctx, tok, model.num_visual_tokens, q)
     lat = _first_images(data, PROFILES[ctx.profile].latency_images)
-    example = _example(data)
+    accel, context = _mfm_decode_cost(model, data, variant, weight_bits)
     return Measured(task="synthmed", track="ann", variant=variant, metric=METRIC,
                     quality=_accuracy(predict_answers(model, tok, data), data),
                     params=params or sum(p.numel() for p in model.parameters()),
-                    memory=(weights, _kv_bytes(model, example["input_ids"].shape[1], **(kv or {}))),
+                    memory=(weights, _kv_bytes(model, context, **(kv or {}))),
                     cpu_ms=cpu_ms_per_sample(lambda: predict_answers(model, tok, lat, images_per_batch=len(lat.images)),
                                              len(lat.answers), repeats=ctx.latency_repeats),
-                    model=model, example=example, weight_bits=weight_bits,
+                    accel=accel, weight_bits=weight_bits,
                     notes="state: the fp32 key/value cache of one question's context; " + notes,
                     reproduce=_cmd(ctx, row_id))
 
@@ -347,13 +373,14 @@ def ann_cascade(ctx: Context) -> Measured:
     for name, w in (("small", runs_small), ("large", escalated)):
         model, tok = _load((small_dir if name == "small" else large_dir) / "model")
         data = _encoded(ctx, tok, model.num_visual_tokens)
-        lat, ex = _first_images(data, PROFILES[ctx.profile].latency_images), _example(data)
-        cost.append((w, accel_cost(model, ex, name=f"mfm-{name}")))
+        lat = _first_images(data, PROFILES[ctx.profile].latency_images)
+        tier_cost, context = _mfm_decode_cost(model, data, f"mfm-{name}")
+        cost.append((w, tier_cost))
         answer = lambda m=model, t=tok, b=lat: predict_answers(m, t, b, images_per_batch=len(b.images))  # noqa: E731
         cpu += w * cpu_ms_per_sample(answer, len(lat.answers), repeats=ctx.latency_repeats)
         tiers[name] = sum(p.numel() for p in model.parameters())
         weights += dense_weight_bytes(model)
-        kv = max(kv, _kv_bytes(model, ex["input_ids"].shape[1]))
+        kv = max(kv, _kv_bytes(model, context))
     test_kind = r["best"].split("/")[1].split(" ")[0]  # "mfm-small/<self-test> -> mfm-large"
     return Measured(task="synthmed", track="ann", variant=f"cascade small-fine -> large ({test_kind})", metric=METRIC,
                     quality=test["quality"], params=tiers["small"] + tiers["large"], memory=(weights, kv),
@@ -498,29 +525,49 @@ def _spiking_data(ctx: Context, which: str, images: int | None):
                     lambda: _first_images(encode_spiking_vqa(_split(ctx, which)), images))
 
 
-def _spiking_example(data, n: int = ACCEL_SAMPLES) -> dict:
-    """``n`` test samples of one length, each with its image: words up to the last answer word (no ``<eos>``)."""
+def _spiking_decode_batch(data, n: int = ACCEL_SAMPLES) -> tuple[dict, int]:
+    """``n`` test samples of the most common (prompt, answer) lengths, each with its image, words up to the last
+    answer word (no ``<eos>``): the inputs of one cached decode, and its prompt length (the prefill)."""
     length = data.prompt_len + (data.target_ids != -100).sum(1) - 1
-    common = Counter(length.tolist()).most_common(1)[0][0]
-    sel = torch.nonzero(length == common).flatten()[:n]
+    P, common = Counter(zip(data.prompt_len.tolist(), length.tolist())).most_common(1)[0][0]
+    sel = torch.nonzero((data.prompt_len == P) & (length == common)).flatten()[:n]
     return {"images": data.images[data.image_index[sel]], "image_index": torch.arange(len(sel)),
-            "tokens": data.tokens[sel, :common]}
+            "tokens": data.tokens[sel, :common]}, P
 
 
-def _spiking_row(ctx: Context, model, row_id: str, variant: str, memory, *, weight_bits=None, state_bits=16,
-                 notes: str = "") -> Measured:
+def _prefill(ctx: Context) -> dict:
+    """One test question's prefill (image + prompt): the largest call of a decode, whose membranes the state
+    column counts."""
+    ex, P = _spiking_decode_batch(_spiking_data(ctx, "test", None), 1)
+    return {**ex, "tokens": ex["tokens"][:, :P]}
+
+
+def _spiking_row(ctx: Context, model, row_id: str, variant: str, weights: float, membranes: float, *,
+                 weight_bits=None, state_bits=16, notes: str = "") -> Measured:
+    """A row of a spiking MFM: CPU answers re-run the prefix (as the ANN rows' do); the accelerator runs the
+    greedy decode with the spike cache (:func:`benchmarks.compare.decode.trace_spiking_decode`); state: the spike
+    cache at the end (1 bit per spike) + ``membranes`` (the prefill's, at their widths)."""
+    from benchmarks.compare.decode import trace_spiking_decode
     from snn.vqa import predict_answers
 
     s = PROFILES[ctx.profile]
     data = _spiking_data(ctx, "test", s.test_images)
     lat = _first_images(data, s.latency_images)
+    ex, P = _spiking_decode_batch(data)
+    w, cache = trace_spiking_decode(model, ex["tokens"], P, name=variant, weight_bits=weight_bits or FP_ACCEL_BITS,
+                                    act_bits=FP_ACCEL_BITS, state_bits=min(state_bits, FP_ACCEL_BITS),
+                                    visual=lambda: model.visual_tokens(ex["images"])[:, ex["image_index"]])
+    spikes = cache.spike_count() / len(ex["tokens"]) / 8
     return Measured(task="synthmed", track="snn", variant=variant, metric=METRIC,
                     quality=_accuracy(predict_answers(model, data), data), params=sum(p.numel() for p in model.parameters()),
-                    memory=memory,
+                    memory=(weights, spikes + membranes),
                     cpu_ms=cpu_ms_per_sample(lambda: predict_answers(model, lat, images_per_batch=len(lat.images)),
                                              len(lat.answers), repeats=ctx.latency_repeats),
-                    model=model, example=_spiking_example(data), timesteps=model.config.timesteps,
-                    weight_bits=weight_bits, state_bits=state_bits, notes=notes, reproduce=_cmd(ctx, row_id),
+                    accel=workload_cost(w), timesteps=model.config.timesteps, weight_bits=weight_bits,
+                    state_bits=state_bits, reproduce=_cmd(ctx, row_id),
+                    notes=f"{notes}; accelerator: a cached decode (prefill of the image and {P} prompt words, then one "
+                          f"step per answer word); state: the spike cache of {cache.length} positions "
+                          f"({spikes / 1e3:.1f} kB at 1 bit) + the prefill's membranes ({membranes / 1e3:.1f} kB)",
                     loihi={"reason": NO_LAVA + "this model has residual branches, spike-driven attention (a product of "
                                      "two spike tensors), a word embedding and autoregressive decoding"})
 
@@ -529,11 +576,11 @@ def snn_trained(ctx: Context) -> Measured:
     from snn.quant import spiking_memory
 
     model, _ = _spiking(ctx)
-    mem = spiking_memory(model, _spiking_example(_spiking_data(ctx, "test", None), 1))
-    return _spiking_row(ctx, model, "synthmed/snn-trained", "spiking MFM (distilled)", (mem.weight_bytes, mem.state_bytes),
+    mem = spiking_memory(model, _prefill(ctx))
+    return _spiking_row(ctx, model, "synthmed/snn-trained", "spiking MFM (distilled)", mem.weight_bytes, mem.state_bytes,
                         notes="benchmarks.snn's spiking_distilled recipe (the small MFM's steps and data, distilled from "
-                              "the large MFM); fp32 weights (BatchNorm statistics included) and membranes of one question "
-                              "as stored; the accelerator maps it at 16 bits")
+                              "the large MFM); fp32 weights (BatchNorm statistics included) and membranes as stored; "
+                              "the accelerator maps it at 16 bits")
 
 
 def snn_quantized(ctx: Context) -> Measured:
@@ -561,12 +608,12 @@ def snn_quantized(ctx: Context) -> Measured:
     rec = json.loads((folder / "precision.json").read_text())
     p = SpikingPrecision.from_dict(rec["precision"])
     qm = q.build(p)
-    one = _spiking_example(_spiking_data(ctx, "test", None), 1)  # memory on the trained row's example
+    one = _prefill(ctx)  # memory on the trained row's prefill
     mem = spiking_memory(qm, one, weight_bits=p.weights, per_tensor=p.per_tensor)
     bits = math.ceil(8 * mem.weight_bytes / sum(t.numel() for t in qm.parameters()))
     sbits = math.ceil(8 * mem.state_bytes / max(1, sum(neuron_sizes(qm, one).values())))
     return _spiking_row(ctx, qm, "synthmed/snn-quant", "spiking MFM, tiered quantization",
-                        (mem.weight_bytes, mem.state_bytes), weight_bits=bits, state_bits=sbits,
+                        mem.weight_bytes, mem.state_bytes, weight_bits=bits, state_bits=sbits,
                         notes=f"snn.quant tiered search ({rec['evaluations']} evaluations on {s.snnq_val_images} validation "
                               f"images: {rec['val']:.3f} vs {rec['val_ref']:.3f} fp32), BatchNorm folded; per-layer "
                               f"weight and membrane widths; the accelerator maps it at W{bits} with {sbits}-bit "

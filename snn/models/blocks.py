@@ -18,14 +18,29 @@ V2", ICLR 2024.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from snn.neurons import Engine, NeuronSpec, build_neuron
 
-__all__ = ["SeqBN", "SpikeDrivenBlock"]
+__all__ = ["SeqBN", "SpikeDrivenBlock", "SpikeKVCache"]
+
+
+@dataclass
+class SpikeKVCache:
+    """The key / value spikes of every causal block of a decoder for the ``length`` positions run so far:
+    ``blocks[i]`` holds block i's ``{"k", "v"}``, each (T, B, h, length, d), binary. A neuron's membrane runs over
+    the T timesteps of its own position only, so a new position needs nothing else of the earlier ones
+    (:meth:`snn.models.SpikingLM.forward`, :meth:`snn.models.SpikingMFM.decode`)."""
+
+    blocks: list[dict] = field(default_factory=list)
+    length: int = 0
+
+    def spike_count(self) -> int:
+        """Stored key / value spikes (entries, 0 or 1 each: one bit apiece), over the batch."""
+        return sum(t.numel() for b in self.blocks for t in b.values())
 
 
 class SeqBN(nn.Module):

@@ -11,7 +11,7 @@ In the spirit of SpikeGPT (R.-J. Zhu et al., TMLR 2024) and the spike-driven tra
 2023); the vocabulary is the caller's (e.g. 256 for a byte-level model, whose cross-entropy in bits is directly
 bits per byte). Causality is exact: logits at position n depend on tokens 0..n only (tested).
 
-Decoding with a cache (:class:`SpikingLMCache`, :meth:`SpikingLM.generate`): a neuron's membrane runs over the T
+Decoding with a cache (:class:`SpikeKVCache`, :meth:`SpikingLM.generate`): a neuron's membrane runs over the T
 timesteps of its own position only, so a new position needs nothing of the earlier ones but their key and value
 spikes, per block and timestep. The cache keeps those, binary: ``2 L T D`` bits per position (a float KV cache of
 the same width keeps ``2 L D`` numbers). A step then costs one position's layers plus attention over the cached
@@ -20,15 +20,15 @@ positions, and its logits equal the full forward's (tested).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from snn.models.blocks import SpikeDrivenBlock
+from snn.models.blocks import SpikeDrivenBlock, SpikeKVCache
 from snn.neurons import Engine, NeuronSpec, build_neuron
 
-__all__ = ["SpikingLMConfig", "SpikingLM", "SpikingLMCache"]
+__all__ = ["SpikingLMConfig", "SpikingLM"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,19 +58,6 @@ class SpikingLMConfig:
         object.__setattr__(self, "engine", Engine(self.engine))
 
 
-@dataclass
-class SpikingLMCache:
-    """The key / value spikes of every block for the ``length`` positions decoded so far (module docstring):
-    ``blocks[i]`` holds block i's ``{"k", "v"}``, each (T, B, h, length, d)."""
-
-    blocks: list[dict] = field(default_factory=list)
-    length: int = 0
-
-    def spike_count(self) -> int:
-        """Stored key / value spikes (entries, 0 or 1 each: one bit apiece), over the batch."""
-        return sum(t.numel() for b in self.blocks for t in b.values())
-
-
 class SpikingLM(nn.Module):
     """The spiking decoder of the module docstring: ``forward(tokens (B, N)) -> logits (B, N, V)``."""
 
@@ -85,7 +72,7 @@ class SpikingLM(nn.Module):
         self.head_lif = build_neuron(cfg.neuron, engine=cfg.engine)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size)
 
-    def forward(self, tokens: torch.Tensor, cache: SpikingLMCache | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: SpikeKVCache | None = None, logits_to_keep: int = 0) -> torch.Tensor:
         """Logits (B, N, V) of ``tokens`` (B, N); ``logits_to_keep`` > 0: of the last that many positions only (the
         head's neurons are per position, so the others are not computed). With ``cache`` (eval mode only: BatchNorm
         must use its running statistics), ``tokens`` continue the cached positions, whose key / value spikes are
@@ -117,15 +104,15 @@ class SpikingLM(nn.Module):
         return self.head(self.head_lif(u)).mean(dim=0)  # (T, B, N, V) -> (B, N, V)
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int, cache: SpikingLMCache | None = None) -> torch.Tensor:
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, cache: SpikeKVCache | None = None) -> torch.Tensor:
         """Greedy decoding with the spike cache: ``prompt`` (B, P) -> the ``max_new_tokens`` new tokens (B, n).
         The prompt runs once (prefill); every new token is one single-position step. Pass ``cache`` to inspect it
         afterwards (it ends holding P + n - 1 positions: the last token is not fed)."""
         if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
             raise ValueError(f"SpikingLM.generate: max_new_tokens={max_new_tokens!r} must be an int >= 1")
-        cache = SpikingLMCache() if cache is None else cache
+        cache = SpikeKVCache() if cache is None else cache
         if cache.length:
-            raise ValueError("SpikingLM.generate: pass an empty SpikingLMCache (or none)")
+            raise ValueError("SpikingLM.generate: pass an empty SpikeKVCache (or none)")
         was_training = self.training
         self.eval()
         try:

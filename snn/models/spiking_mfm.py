@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from snn.models.blocks import SeqBN, SpikeDrivenBlock
+from snn.models.blocks import SeqBN, SpikeDrivenBlock, SpikeKVCache
 from snn.models.spikformer import Spikformer, SpikformerConfig
 from snn.neurons import Engine, NeuronSpec, build_neuron
 from tasks.synthmed import VQA_VOCAB
@@ -111,28 +111,48 @@ class SpikingMFM(nn.Module):
         x_seq = images.unsqueeze(0).expand(cfg.timesteps, *images.shape)  # direct encoding
         return self.proj_bn(self.proj(self.proj_lif(self.vision.encode(x_seq))))
 
-    def decode(self, visual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Visual tokens of each sample (T, N, V, Dt) and words (N, L) -> next-word logits (N, L, W)."""
+    def decode(self, visual: torch.Tensor | None, tokens: torch.Tensor, cache: SpikeKVCache | None = None,
+               logits_to_keep: int = 0) -> torch.Tensor:
+        """Visual tokens of each sample (T, N, V, Dt) and words (N, L) -> next-word logits (N, L, W)
+        (``logits_to_keep`` > 0: the last that many only). With ``cache`` (eval mode only), a cached decode
+        (:class:`snn.models.blocks.SpikeKVCache`): the first call (empty cache) takes ``visual`` and the prompt's
+        words, later calls only the next words (``visual`` None), which reuse the cached key / value spikes; the
+        logits equal the full call's."""
         cfg = self.config
+        past = 0 if cache is None else cache.length
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"SpikingMFM: expected integer words (N, L), got {tuple(tokens.shape)} {tokens.dtype}")
-        if tokens.shape[1] > cfg.max_text:
-            raise ValueError(f"SpikingMFM: {tokens.shape[1]} words exceed max_text={cfg.max_text}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= cfg.vocab_size):
             raise ValueError(f"SpikingMFM: word ids must lie in [0, {cfg.vocab_size})")
-        if visual.dim() != 4 or visual.shape[0] != cfg.timesteps or visual.shape[1] != tokens.shape[0]:
-            raise ValueError(f"SpikingMFM: visual tokens {tuple(visual.shape)} do not match (T={cfg.timesteps}, "
-                             f"N={tokens.shape[0]}, V, Dt)")
+        if cache is not None and self.training:
+            raise ValueError("SpikingMFM: decoding with a cache needs eval mode (BatchNorm's batch statistics would mix "
+                             "positions); call model.eval() first")
+        if past and visual is not None:
+            raise ValueError("SpikingMFM: the cache already holds the visual tokens; pass visual=None after the first call")
+        if not past and (visual is None or visual.dim() != 4 or visual.shape[0] != cfg.timesteps
+                         or visual.shape[1] != tokens.shape[0]):
+            raise ValueError(f"SpikingMFM: visual tokens {None if visual is None else tuple(visual.shape)} do not match "
+                             f"(T={cfg.timesteps}, N={tokens.shape[0]}, V, Dt)")
+        V = visual.shape[2] if visual is not None else 0
+        words = past + tokens.shape[1] - (cfg.visual_tokens if past else 0)
+        if words > cfg.max_text:
+            raise ValueError(f"SpikingMFM: {words} words exceed max_text={cfg.max_text}")
         from spikingjelly.activation_based import functional
 
         for m in (self.blocks, self.head_lif):
             functional.reset_net(m)
-        V, L = visual.shape[2], tokens.shape[1]
+        if cache is not None and not cache.blocks:
+            cache.blocks = [{} for _ in self.blocks]
         text = self.embed(tokens).unsqueeze(0).expand(cfg.timesteps, -1, -1, -1)  # (T, N, L, Dt)
-        u = torch.cat([visual, text], dim=2) + self.pos[: V + L]  # (T, N, V + L, Dt)
-        for block in self.blocks:
-            u = block(u)
-        return self.head(self.head_lif(u[:, :, V:])).mean(dim=0)  # (T, N, L, Dt) -> (N, L, W)
+        u = (torch.cat([visual, text], dim=2) if V else text) + self.pos[past: past + V + tokens.shape[1]]
+        for i, block in enumerate(self.blocks):  # (T, N, V + L, Dt), or (T, N, L, Dt) after the first cached call
+            u = block(u, None if cache is None else cache.blocks[i])
+        if cache is not None:
+            cache.length = past + V + tokens.shape[1]
+        u = u[:, :, V:]
+        if logits_to_keep:
+            u = u[:, :, -logits_to_keep:]
+        return self.head(self.head_lif(u)).mean(dim=0)  # (T, N, L, Dt) -> (N, L, W)
 
     def forward(self, images: torch.Tensor, image_index: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Images (M, C, S, S), the image of each sample (N,) and words (N, L) -> next-word logits (N, L, W)."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neurohw.workload import OpKind, trace
-from snn.models import SpikingLM, SpikingLMCache, SpikingLMConfig
+from snn.models import SpikingLM, SpikeKVCache, SpikingLMConfig
 from snn.neurons import Engine
 
 SMALL = dict(dim=32, depth=1, heads=2, max_positions=32, timesteps=3)
@@ -33,7 +33,7 @@ def test_cached_steps_give_the_full_forwards_logits():
     m = _spiky_lm()
     x = torch.randint(0, 256, (2, 20))
     full = m(x)
-    cache = SpikingLMCache()
+    cache = SpikeKVCache()
     parts = [m(x[:, :9], cache)] + [m(x[:, n:n + 1], cache) for n in range(9, 16)] + [m(x[:, 16:], cache)]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(m(x, logits_to_keep=3), full[:, -3:], rtol=1e-5, atol=1e-5)
@@ -49,7 +49,7 @@ def test_generate_equals_greedy_decoding_without_a_cache():
     ids = prompt.clone()
     for _ in range(6):  # the window again for every token
         ids = torch.cat([ids, m(ids)[:, -1:].argmax(-1)], dim=1)
-    cache = SpikingLMCache()
+    cache = SpikeKVCache()
     assert torch.equal(m.generate(prompt, 6, cache), ids[:, 7:])
     assert cache.length == 7 + 6 - 1
 
@@ -57,13 +57,13 @@ def test_generate_equals_greedy_decoding_without_a_cache():
 def test_the_cache_is_refused_where_it_would_be_wrong():
     m = _spiky_lm()
     with pytest.raises(ValueError, match="needs eval mode"):
-        m.train()(torch.zeros(1, 4, dtype=torch.long), SpikingLMCache())
+        m.train()(torch.zeros(1, 4, dtype=torch.long), SpikeKVCache())
     m.eval()
-    cache = SpikingLMCache()
+    cache = SpikeKVCache()
     m(torch.zeros(1, 30, dtype=torch.long), cache)
     with pytest.raises(ValueError, match="sequence length 33 exceeds max_positions=32"):
         m(torch.zeros(1, 3, dtype=torch.long), cache)
-    with pytest.raises(ValueError, match="pass an empty SpikingLMCache"):
+    with pytest.raises(ValueError, match="pass an empty SpikeKVCache"):
         m.generate(torch.zeros(1, 2, dtype=torch.long), 2, cache)
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         m.generate(torch.zeros(1, 2, dtype=torch.long), 0)

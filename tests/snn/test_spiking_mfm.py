@@ -186,3 +186,23 @@ def test_ddp_under_torchrun_trains_the_same_model(tmp_path):
         if a[k].is_floating_point() and "running" not in k:
             torch.testing.assert_close(b[k], a[k], atol=0.02, rtol=0.05, msg=k)
     assert abs(one["final_loss"] - two["final_loss"]) < 0.1 * one["final_loss"]
+
+
+def test_the_cached_decode_gives_the_full_calls_logits():
+    from snn.models import SpikeKVCache
+
+    m, data = _trained(attn_threshold=0.5)
+    images, tokens = data.images[data.image_index[:3]], data.tokens[:3, :9]
+    visual = m.visual_tokens(images)
+    full = m.decode(visual, tokens)
+    cache = SpikeKVCache()
+    parts = [m.decode(visual, tokens[:, :6], cache)] + [m.decode(None, tokens[:, n:n + 1], cache) for n in range(6, 9)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert cache.length == m.config.visual_tokens + 9
+    torch.testing.assert_close(m.decode(visual, tokens, logits_to_keep=2), full[:, -2:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pass visual=None after the first call"):
+        m.decode(visual, tokens[:, :1], cache)
+    with pytest.raises(ValueError, match="exceed max_text"):
+        m.decode(None, torch.zeros(3, m.config.max_text, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="needs eval mode"):
+        m.train().decode(visual, tokens, SpikeKVCache())
