@@ -8,13 +8,15 @@ buffers are double-buffered: cycles = max(compute, memory), else their sum). Eac
 - ``SYNAPTIC`` (event-driven accumulate mode, spike inputs, zeros skipped): the output-stationary array acts
   as R x C accumulators; every synaptic operation adds one weight, so per inference
 
-      compute cycles = T F (2R + C - 2) + ceil((sops + bias_adds) / (R C)),   F = ceil(m / R) ceil(n / C)
+      compute cycles = p T F (2R + C - 2) + ceil((sops + bias_adds) / (R C)),   F = ceil(m / R) ceil(n / C)
 
   (fill and drain of every fold and timestep, then the events spread evenly over the PEs: an optimistic
-  perfectly balanced zero skip). Energy: (sops + bias_adds) E_add(acc_bits), no multiplies; SRAM: one weight
-  read per synaptic operation, the spike map (1 bit per input element and timestep) and the input currents
-  written (acc_bits); DRAM: weights once if they fit in the weight buffer, else once per timestep; spikes in
-  (m k T bits) and currents out (m n T acc_bits, unless a fused neuron consumes them on chip).
+  perfectly balanced zero skip; p = the op's ``passes``, e.g. one per step of a cached decode). Energy:
+  (sops + bias_adds) E_add(acc_bits), no multiplies; SRAM: one weight read per synaptic operation, the spike map
+  (1 bit per input element and timestep) and the input currents written (acc_bits); DRAM, per pass: weights once
+  if they fit in the weight buffer, else once per timestep (a product of two activations: its second operand,
+  at 1 bit when it is spikes, ``b_binary``, and never resident); spikes in (m k T bits) and currents out (m n T
+  acc_bits, unless a fused neuron consumes them on chip).
 - ``NEURON``: the vector unit updates ``lanes`` neurons per cycle (leak + integrate + compare: 2 adds at the
   state width); the membrane potential is read and written in the output buffer at every update and stays on
   chip when the layer's state fits there (else it goes to DRAM and back at every timestep); spikes out 1 bit.
@@ -188,10 +190,11 @@ def _check_op(cfg: AcceleratorConfig, op: Op) -> None:
 
 # --------------------------------------------------------------------------------------------- mappers
 def _gemm(cfg: AcceleratorConfig, op: Op, fuse: bool, resident: bool) -> OpCost:
-    g = map_gemm(cfg, op.m, op.n, op.k, a_bits=op.act_bits, b_bits=op.weight_bits,
+    b_bits = 1 if op.b_binary else op.weight_bits
+    g = map_gemm(cfg, op.m, op.n, op.k, a_bits=op.act_bits, b_bits=b_bits,
                  write_output=not (fuse and op.output_on_chip), b_resident=resident and op.params > 0)
     r = op.repeats
-    mult = {"a": op.act_bits, "b": op.weight_bits, "c": cfg.acc_bits}
+    mult = {"a": op.act_bits, "b": b_bits, "c": cfg.acc_bits}
     sram_r = sum(v * mult[x] / 8 for x, v in g.sram_reads.items())
     sram_w = sum(v * mult[x] / 8 for x, v in g.sram_writes.items())
     e = g.energy_breakdown_pj
@@ -201,21 +204,23 @@ def _gemm(cfg: AcceleratorConfig, op: Op, fuse: bool, resident: bool) -> OpCost:
 
 
 def _synaptic(cfg: AcceleratorConfig, op: Op, fuse: bool, resident: bool) -> OpCost:
-    T, m, k, n = op.timesteps, op.m, op.k, op.n
+    T, m, k, n, p = op.timesteps, op.m, op.k, op.n, op.passes or 1.0
     _, _, _, fr, fc = fold_dims(m, n, k, cfg.rows, cfg.cols, "os")
     events = op.sops + op.bias_adds
-    compute = T * fr * fc * (2 * cfg.rows + cfg.cols - 2) + math.ceil(events / cfg.pes)
-    w_bytes = k * n * op.weight_bits / 8
-    w_dram = 0.0 if resident else w_bytes if w_bytes <= _usable(cfg, cfg.weight_sram_kb) else T * w_bytes
-    spikes_in = m * k * T / 8
-    currents = m * n * T * cfg.acc_bits / 8
+    compute = p * T * fr * fc * (2 * cfg.rows + cfg.cols - 2) + math.ceil(events / cfg.pes)
+    w_bits = 1 if op.b_binary else op.weight_bits
+    w_bytes = k * n * w_bits / 8
+    per_pass = w_bytes if w_bytes <= _usable(cfg, cfg.weight_sram_kb) else T * w_bytes
+    w_dram = 0.0 if resident and op.function != "matmul" else p * per_pass
+    spikes_in = p * m * k * T / 8
+    currents = p * m * n * T * cfg.acc_bits / 8
     dram_r = w_dram + spikes_in
     dram_w = 0.0 if (fuse and op.output_on_chip) else currents
     cycles, memory = _cycles(cfg, compute, dram_r + dram_w)
     s = tech_scale(cfg)
-    sram_r = events * op.weight_bits / 8 + spikes_in
+    sram_r = events * w_bits / 8 + spikes_in
     sram_w = w_dram + spikes_in + currents
-    e_sram = s * 8 / 64 * ((events * op.weight_bits / 8 + w_dram) * sram_pj_per_64b(cfg.weight_sram_kb * 1024)
+    e_sram = s * 8 / 64 * ((events * w_bits / 8 + w_dram) * sram_pj_per_64b(cfg.weight_sram_kb * 1024)
                            + 2 * spikes_in * sram_pj_per_64b(cfg.ifmap_sram_kb * 1024)
                            + currents * sram_pj_per_64b(cfg.ofmap_sram_kb * 1024))
     energy = {"compute": events * _add_pj(cfg.acc_bits) * s, "sram": e_sram, "dram": _dram_pj(dram_r + dram_w)}

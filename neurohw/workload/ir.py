@@ -16,7 +16,11 @@ Op kinds and their counts (per inference, summed over the calls an entry stands 
   ``"linear"``, ``"conv2d"`` or ``"matmul"`` (a product of two activations). ``repeats = macs / (m k n)``.
 - ``SYNAPTIC``: a GEMM whose input is spikes (binary, or the graded / signed spike values a neuron layer emits),
   executed event-driven: one accumulate per (input spike, target neuron) pair, ``sops = sum_t nnz(s[t]) * n``
-  (exact per receptive field for a convolution).
+  (exact per receptive field for a convolution). ``passes``: how many times the op's shape (m rows over T
+  timesteps) runs per inference, i.e. fetches its weights: 1 per multi-step call (all T timesteps in one call,
+  e.g. one step of a cached decode), 1/T per single-step call (T calls make one pass); 0 when not recorded,
+  taken as 1. ``b_binary``: a ``"matmul"`` (GEMM or SYNAPTIC) whose second operand is spikes (0 / 1, e.g. the
+  cached keys and values of spike-driven attention), stored and moved at 1 bit, not at ``weight_bits``.
 - ``NEURON``: spiking-neuron state updates, ``elements = neurons * T``, with the measured ``spikes`` (spike
   events: nonzero outputs; a graded spike is one event).
 - ``ATTENTION``: softmax(Q K^T / sqrt(d)) V of one call (``scaled_dot_product_attention``):
@@ -83,6 +87,8 @@ class Op:
     macs: float = 0.0
     sops: float = 0.0
     bias_adds: float = 0.0
+    passes: float = 0.0
+    b_binary: bool = False
     elements: float = 0.0
     in_elements: float = 0.0
     neurons: int = 0

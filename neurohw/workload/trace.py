@@ -208,7 +208,9 @@ class _Recorder:
                   fields={"k": k, "n": n, "timesteps": T, "m": max(rows // (T * self.B), 1), "params": params})
         c.nnz, c.numel = float((x != 0).sum()), float(x.numel())
         if spiking:
-            c.counts = {"sops": sops_fn() / self.B, "bias_adds": rows * n / self.B if bias else 0.0}
+            multi_step = x.dim() >= 3 and x.shape[0] == T and rows >= T * self.B  # (T, B, ...): all T in this call
+            c.counts = {"sops": sops_fn() / self.B, "bias_adds": rows * n / self.B if bias else 0.0,
+                        "passes": 1.0 if multi_step else 1.0 / T}
         else:
             # (T, B, ...) input identical at every timestep: computed once per inference
             const = self.T is not None and x.shape[0] == self.T and torch.equal(x, x[:1].expand_as(x))
@@ -244,8 +246,11 @@ class _Recorder:
             raise ValueError(f"{name}: matrix-vector matmul of shapes {tuple(a.shape)} @ {tuple(b.shape)} is not modelled")
         batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]).numel()
         rows = batch * a.shape[-2]
-        return self.gemm(name, "matmul", "matmul", a, k=k, n=n, rows=rows, params=0, bias=False,
-                         sops_fn=lambda: float((a != 0).sum()) * n * (batch // max(a.shape[:-2].numel(), 1)))
+        c = self.gemm(name, "matmul", "matmul", a, k=k, n=n, rows=rows, params=0, bias=False,
+                      sops_fn=lambda: float((a != 0).sum()) * n * (batch // max(a.shape[:-2].numel(), 1)))
+        if self.T is not None and bool(torch.all((b == 0) | (b == 1))):
+            c.fields["b_binary"] = True  # spikes: stored and moved at 1 bit
+        return c
 
     def neuron(self, name: str, module: nn.Module, out: torch.Tensor) -> _Call:
         # spike events: a nonzero output (binary 1, or a graded / signed spike value of a multi-level neuron)

@@ -61,6 +61,7 @@ def test_the_spiking_decode_costs_each_position_once_one_call_per_step():
 
     assert sops(w) == pytest.approx(sops(full), rel=1e-6) and sops(w) > 0
     assert sum(op.calls for op in w.ops if op.name.endswith("qkv")) == 1 + 12 - 5
+    assert sum(op.passes for op in w.ops if op.name.endswith("qkv")) == 1 + 12 - 5  # weights fetched per call
     assert workload_cost(w)["energy_uj"]["total"] > 0
     with pytest.raises(ValueError, match="prompt_len=0"):
         decode.trace_spiking_decode(lm, tokens, 0, name="bad", weight_bits=8, act_bits=8, state_bits=16)

@@ -107,6 +107,13 @@ def test_event_driven_mode_skips_zeros_and_only_accumulates():
     assert sparse.compute_cycles == fill + math.ceil(dense * 0.1 / 256)
     assert sparse.energy_pj["compute"] == pytest.approx(dense * 0.1 * ARITH_PJ[("int", 32, "add")].value_pj)
     assert sparse.sram_read_bytes < full.sram_read_bytes  # one weight fetched per event
+    # an op that stands for 3 passes (e.g. 3 steps of a cached decode) fetches weights and spikes 3 times
+    three = map_op(CFG, replace(_synaptic(dense), passes=3.0))
+    assert three.dram_read_bytes == 3 * full.dram_read_bytes
+    assert three.compute_cycles == 3 * fill + math.ceil(dense / 256)
+    # a product of two spike tensors (spike-driven attention): its second operand moves at 1 bit, never resident
+    spikes = replace(_synaptic(dense), function="matmul", b_binary=True)
+    assert map_op(CFG, spikes, weights_resident=True).dram_read_bytes == 256 * 128 / 8 + 4 * 256 / 8
 
 
 def test_neuron_state_spills_to_dram_when_it_does_not_fit():

@@ -103,6 +103,7 @@ def test_trace_counts_the_causal_spike_products():
     w = trace(m, torch.randint(0, 256, (2, 16)), timesteps=SMALL["timesteps"])
     assert any(op.kind is OpKind.EMBEDDING for op in w.ops)
     assert any(op.kind is OpKind.SYNAPTIC and op.function == "matmul" for op in w.ops)
+    assert all(op.b_binary for op in w.ops if op.function == "matmul")  # k^T and v are spikes
     assert w.firing_rate is not None and 0 < w.firing_rate < 1
 
 
