@@ -26,6 +26,7 @@ the byte-level models; a vocabulary-trimmed tokenizer has a smaller ``b``, so mo
 
 Rows: the Llama-style code LMs trained here and SmolLM2-135M-Instruct (fp32); SmolLM2 with hierarchy-aware mixed
 precision (:mod:`benchmarks.quant`), structurally pruned with recovery (:mod:`benchmarks.prune`) and both;
+the byte-level Llama in fp32 and with the same mixed precision;
 speculative decoding of SmolLM2 (:mod:`benchmarks.speculative`); the byte-level spiking LM and its same-size ANN
 twin (:mod:`benchmarks.snn`), and the spiking LM after :mod:`snn.quant`'s tiered search
 (:mod:`benchmarks.snn_quant`). Trained and compressed models are cached (:func:`benchmarks.compare.core.cached_dir`,
@@ -252,12 +253,13 @@ def _mixed(ctx: Context, name: str, base, tok, base_id: str):
 
 
 def _mixed_row(ctx: Context, row_id: str, variant: str, base, tok, qm, bits: dict[str, int], info: dict, *,
-               trace_key: str, notes: str) -> Measured:
+               trace_key: str, notes: str, prompt: list[int] | None = None) -> Measured:
     from quant.model_io import model_memory
 
     lo, hi = min(bits.values()), max(bits.values())
     return _lm_row(ctx, row_id, variant, qm, tok, weight_bytes=model_memory(qm)["total"], trace_model=base,
                    trace_key=trace_key, bits=bits, bits_label=f"W{lo}-{hi} (avg {info['average_bits']:.2f}) A16",
+                   prompt=prompt,
                    weight_bits=math.ceil(info["average_bits"]),
                    notes=f"{notes}; weights {info['widths']} sublayers per width, group-wise (128) with float scales, "
                          "activations float (mapped at 16 bit); CPU: weights dequantized once to fp32 (no low-bit "
@@ -477,6 +479,31 @@ def ann_byte_lm(ctx: Context) -> Measured:
                                               "steps, same data")
 
 
+class _CalibrationBytes:
+    """UTF-8 bytes as tokens in the one call :func:`benchmarks.quant.lm_calibration` makes:
+    ``tok(text, return_tensors="pt").input_ids`` (1, bytes)."""
+
+    def __call__(self, text: str, return_tensors: str = "pt"):
+        import types
+
+        return types.SimpleNamespace(input_ids=torch.tensor([list(text.encode("utf-8"))]))
+
+
+def ann_byte_lm_mixed(ctx: Context) -> Measured:
+    """The byte Llama with SmolLM2's mixed-precision recipe (:func:`_mixed`, calibrated on bytes): the compressed
+    ANN twin of the quantized spiking LM."""
+    from benchmarks.snn import _ByteTokenizer
+
+    lms = ctx.once("code/byte-lms", lambda: _byte_lms(ctx))
+    model = lms["ann"]
+    qm, bits, info = ctx.once("code/byte-lm-mixed", lambda: _mixed(ctx, "byte-lm", model, _CalibrationBytes(),
+                                                                     lms["folder"]))
+    return _mixed_row(ctx, "code/ann-byte-lm-mixed", f"byte LM mixed precision {info['average_bits']:.2f}-bit", model,
+                      _ByteTokenizer(), qm, bits, info, trace_key="byte-lm", prompt=_decode(ctx).byte_ids,
+                      notes=f"the byte LM row's model, benchmarks.quant's hierarchy-aware ILP at "
+                            f"{_prof(ctx).mixed_avg_bits:g} average bits (sensitivities on stdlib validation bytes)")
+
+
 def _prompt(ctx: Context) -> torch.Tensor:
     return torch.tensor([_decode(ctx).byte_ids])  # (1, P): the prefill, whose membranes are the largest call's
 
@@ -544,6 +571,7 @@ ROWS = [
     *[RowSpec(f"code/ann-code-lm-{p}", "code", "ann", _code_lm_row(p), f"the {p} Llama-style code LM trained here")
       for p in CODE_LMS],
     RowSpec("code/ann-byte-lm", "code", "ann", ann_byte_lm, "a byte-level Llama the size of the spiking LM"),
+    RowSpec("code/ann-byte-lm-mixed", "code", "ann", ann_byte_lm_mixed, "the byte Llama, hierarchy-aware mixed precision"),
     RowSpec("code/ann-smollm2-mixed", "code", "ann", smollm2_mixed, "SmolLM2, hierarchy-aware mixed precision"),
     RowSpec("code/ann-smollm2-pruned", "code", "ann", smollm2_pruned, "SmolLM2, structurally pruned + recovered"),
     RowSpec("code/ann-smollm2-pruned-mixed", "code", "ann", smollm2_pruned_mixed, "SmolLM2, pruned, then mixed precision"),

@@ -22,7 +22,7 @@ import benchmarks.speculative as bs
 from benchmarks import compare
 from benchmarks.compare import code
 
-ROWS = ["code/ann-smollm2", "code/ann-byte-lm", "code/ann-smollm2-mixed", "code/ann-smollm2-pruned",
+ROWS = ["code/ann-smollm2", "code/ann-byte-lm", "code/ann-byte-lm-mixed", "code/ann-smollm2-mixed", "code/ann-smollm2-pruned",
         "code/ann-smollm2-pruned-mixed", "code/ann-smollm2-speculative", "code/snn-trained", "code/snn-quant"]
 
 
@@ -104,6 +104,9 @@ def test_compressed_rows_are_smaller_and_cheaper(tiny):
     # benchmarks.prune's target: at least 30 % of the parameters gone, and a forward with fewer MACs
     assert pruned["params"] <= 0.7 * fp32["params"] + 1 and pruned["accel"]["macs"] < fp32["accel"]["macs"]
     assert both["params"] == pruned["params"] and both["memory_bytes"]["weights"] < pruned["memory_bytes"]["weights"] / 2
+    byte, byte_q = rows["code/ann-byte-lm"], rows["code/ann-byte-lm-mixed"]  # the spiking LM's compressed ANN twin
+    assert byte_q["memory_bytes"]["weights"] < byte["memory_bytes"]["weights"] / 2 and byte_q["params"] == byte["params"]
+    assert byte_q["accel"]["energy_uj"]["data_movement"] < byte["accel"]["energy_uj"]["data_movement"]
     snn, snn_q = rows["code/snn-trained"], rows["code/snn-quant"]
     assert snn_q["memory_bytes"]["total"] < snn["memory_bytes"]["total"]
     for r in (snn, snn_q):
