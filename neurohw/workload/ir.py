@@ -17,8 +17,8 @@ Op kinds and their counts (per inference, summed over the calls an entry stands 
 - ``SYNAPTIC``: a GEMM whose input is spikes (binary, or the graded / signed spike values a neuron layer emits),
   executed event-driven: one accumulate per (input spike, target neuron) pair, ``sops = sum_t nnz(s[t]) * n``
   (exact per receptive field for a convolution). ``passes``: how many times the op's shape (m rows over T
-  timesteps) runs per inference, i.e. fetches its weights: 1 per multi-step call (all T timesteps in one call,
-  e.g. one step of a cached decode), 1/T per single-step call (T calls make one pass); 0 when not recorded,
+  timesteps) runs per inference, i.e. fetches its weights: one per traced forward (one per step of a cached
+  decode), whether that forward called it once (multi-step) or T times (single-step); 0 when not recorded,
   taken as 1. ``b_binary``: a ``"matmul"`` (GEMM or SYNAPTIC) whose second operand is spikes (0 / 1, e.g. the
   cached keys and values of spike-driven attention), stored and moved at 1 bit, not at ``weight_bits``.
 - ``NEURON``: spiking-neuron state updates, ``elements = neurons * T``, with the measured ``spikes`` (spike

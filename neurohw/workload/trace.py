@@ -25,6 +25,7 @@ reshapes and other unrecorded ops), which gives the IR's fusion facts (``fused_i
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -207,10 +208,8 @@ class _Recorder:
         c = _Call(name, OpKind.SYNAPTIC if spiking else OpKind.GEMM, layer_type, function,
                   fields={"k": k, "n": n, "timesteps": T, "m": max(rows // (T * self.B), 1), "params": params})
         c.nnz, c.numel = float((x != 0).sum()), float(x.numel())
-        if spiking:
-            multi_step = x.dim() >= 3 and x.shape[0] == T and rows >= T * self.B  # (T, B, ...): all T in this call
-            c.counts = {"sops": sops_fn() / self.B, "bias_adds": rows * n / self.B if bias else 0.0,
-                        "passes": 1.0 if multi_step else 1.0 / T}
+        if spiking:  # ("passes" is set per run: Tracer.run)
+            c.counts = {"sops": sops_fn() / self.B, "bias_adds": rows * n / self.B if bias else 0.0}
         else:
             # (T, B, ...) input identical at every timestep: computed once per inference
             const = self.T is not None and x.shape[0] == self.T and torch.equal(x, x[:1].expand_as(x))
@@ -464,8 +463,18 @@ class Tracer:
         return exit_hook
 
     def run(self, fn: Callable[[], object]):
-        with _FunctionRecorder(self.rec):
-            return fn()
+        """Record ``fn()``: one forward pass (e.g. one step of a decode). A synaptic op runs one pass over its
+        weights per run, however many calls it takes (T single-step calls, or one multi-step call), so each call
+        counts ``1 / (its op's calls in this run)`` passes (:attr:`neurohw.workload.ir.Op.passes`)."""
+        start = len(self.rec.calls)
+        try:
+            with _FunctionRecorder(self.rec):
+                return fn()
+        finally:
+            calls = [c for c in self.rec.calls[start:] if c.kind is OpKind.SYNAPTIC]
+            per_name = Counter(c.name for c in calls)
+            for c in calls:
+                c.counts["passes"] = 1.0 / per_name[c.name]
 
     def close(self) -> None:
         for h in self._handles:

@@ -70,6 +70,42 @@ def test_spiking_mlp_neurons_sops_and_time_constant_encoder():
     assert out.bias_adds == T * 3  # the bias current is added at every timestep
 
 
+class _SingleStep(nn.Module):
+    """The same spiking MLP run step by step: T calls of every layer per forward."""
+
+    def __init__(self, net, T):
+        super().__init__()
+        self.net, self.T = net, T
+
+    def forward(self, x):
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(self.net)
+        return torch.stack([self.net(x) for _ in range(self.T)]).mean(0)
+
+
+def test_a_synaptic_op_makes_one_pass_per_traced_forward():
+    from neurohw.workload.trace import Tracer
+
+    torch.manual_seed(0)
+    T, B = 4, 3
+    multi = nn.Sequential(nn.Linear(6, 12), neuron.IFNode(step_mode="m"), nn.Linear(12, 3))
+    single = nn.Sequential(nn.Linear(6, 12), neuron.IFNode(step_mode="s"), nn.Linear(12, 3))
+    single.load_state_dict(multi.state_dict())
+    for net in (multi, single):
+        net[0].weight.data.abs_()
+    x = torch.rand(B, 6)
+    for model in (_Direct(multi, T), _SingleStep(single, T)):
+        (out,) = [op for op in trace(model, x, timesteps=T).ops if op.kind is OpKind.SYNAPTIC]
+        assert out.passes == pytest.approx(1.0)  # one call of T steps, or T calls of one
+    tracer = Tracer(_Direct(multi, T), batch=B, timesteps=T)  # e.g. three steps of a decode
+    for _ in range(3):
+        tracer.run(lambda: tracer.model(x))
+    tracer.close()
+    w = tracer.workload(name="steps", numeric=Numeric.INT, weight_bits=8, act_bits=8, state_bits=16)
+    assert [op.passes for op in w.ops if op.kind is OpKind.SYNAPTIC] == [3.0]
+
+
 def test_conv_sops_are_exact():
     torch.manual_seed(0)
     T, B = 3, 2
