@@ -1,18 +1,20 @@
-r"""The yardstick of a decoding language model (the code rows): one inference is a greedy decode, costed as the
-decode runs, on the CPU and on the accelerator.
+r"""The yardstick of a decoding language model (the code rows, the SynthMed MFMs): one inference is a greedy
+decode, costed as the decode runs.
 
 - HF causal LMs decode with the key/value cache (:func:`hf_greedy`); their workload is
   :func:`neurohw.workload.reference.trace_decode`'s (prefill of the prompt, then single-token steps reading and
-  writing the cache), or, for a decode whose calls differ from plain greedy ones (speculative decoding), the
-  recorded calls replayed (:func:`recording`, :func:`trace_calls`). State: the key/value cache
-  (:func:`kv_cache_bytes`) at :data:`KV_BITS`.
-- The spiking LM (:class:`snn.models.SpikingLM`) decodes with its spike cache (:meth:`snn.models.SpikingLM.generate`:
-  the key / value spikes of every block and timestep, 1 bit each); its workload (:func:`trace_spiking_decode`) is
-  the same decode traced on the real text, so spike rates are measured ones. State: the spike cache (1 bit per
-  spike) + the membranes of the prefill (the largest call) at their width.
+  writing the cache), :func:`trace_hf_decode`'s for inputs of any kind (an MFM's image and question, then its
+  answer tokens), or, for a decode whose calls differ from plain greedy ones (speculative decoding), the recorded
+  calls replayed (:func:`recording`, :func:`trace_calls`). State: the key/value cache (:func:`kv_cache_bytes`) at
+  :data:`KV_BITS`.
+- The spiking models (:class:`snn.models.SpikingLM`, :class:`snn.models.SpikingMFM`) decode with their spike cache
+  (:class:`snn.models.SpikeKVCache`: the key / value spikes of every block and timestep, 1 bit each); their
+  workload (:func:`trace_spiking_decode`) is the same decode traced on the real text, so spike rates are measured
+  ones. State: the spike cache (1 bit per spike) + the membranes of the prefill (the largest call) at their width.
 
 Either way every step is one forward call on the accelerator, whose weights are fetched again per call when they
-do not stay on chip (:mod:`neurohw.accel`): the cost of a decode, not of one forward over the whole text.
+do not stay on chip (:mod:`neurohw.accel`, ``Op.passes`` for synaptic ops): the cost of a decode, not of one
+forward over the whole text.
 """
 
 from __future__ import annotations
