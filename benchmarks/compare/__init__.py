@@ -104,8 +104,17 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = Context(profile=args.profile, seed=args.seed, cache_dir=args.cache_dir, log=log, progress=not args.quiet,
                   latency_repeats=LATENCY_REPEATS[args.profile])
     specs = select(args)
-    with Stopwatch() as sw:
-        rows, failures = run_rows(specs, ctx)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if args.quiet:  # transformers' own bars too ("Loading weights")
+        hf_logging.disable_progress_bar()
+    try:
+        with Stopwatch() as sw:
+            rows, failures = run_rows(specs, ctx)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     targets = _targets(rows, sw.seconds, args, ctx.trained)
     cmd = "python -m benchmarks.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     payload = {"rows": rows,
