@@ -1,6 +1,7 @@
 """Fixtures shared by every test folder."""
 
 import pytest
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -22,3 +23,12 @@ def _byte_tokenizer() -> PreTrainedTokenizerFast:
 def make_byte_tokenizer():
     """The builder of the byte-level stand-in tokenizer (usable from fixtures of any scope)."""
     return _byte_tokenizer
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one torch thread is fastest, and immune to OpenMP stalls when other jobs load the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

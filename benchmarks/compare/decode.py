@@ -66,14 +66,6 @@ def recording(model, calls: list):
         handle.remove()
 
 
-def _kv_spec(model):
-    from neurohw.workload.trace import KVCacheSpec
-
-    cfg = getattr(model.config, "text_config", None) or model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return KVCacheSpec(kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, head_dim=head_dim)
-
-
 @torch.no_grad()
 def trace_calls(model, calls: list[tuple[int, int, int]], *, name: str, bits: int = 16, seed: int = 0):
     """The workload of a causal LM's forward calls ``(cached positions, fed tokens, logits kept)`` in order (e.g.
@@ -84,10 +76,10 @@ def trace_calls(model, calls: list[tuple[int, int, int]], *, name: str, bits: in
     from transformers import DynamicCache
 
     from neurohw.workload import Numeric
-    from neurohw.workload.trace import Tracer
+    from neurohw.workload.trace import KVCacheSpec, Tracer
 
     cfg = model.config
-    tracer = Tracer(model, batch=1, kv=_kv_spec(model))
+    tracer = Tracer(model, batch=1, kv=KVCacheSpec.of(model.config))
     g = torch.Generator().manual_seed(seed)
     cache = DynamicCache()
     try:
@@ -125,14 +117,14 @@ def trace_hf_decode(model, prefill: dict, steps: torch.Tensor, *, name: str, wei
     cache of ``model``'s own prefill (on ``cache_prefill``, default ``prefill``: e.g. the runner's input
     embeddings), which keeps every token (an upper bound of the runner's steps)."""
     from neurohw.workload import Numeric
-    from neurohw.workload.trace import Tracer
+    from neurohw.workload.trace import KVCacheSpec, Tracer
 
     model.eval()
     cache = None
     if prefill_runner is not None:  # the steps' cache, made before the tracer's hooks exist
         cache = model(**(cache_prefill or prefill), use_cache=True, logits_to_keep=1).past_key_values
     B, P = prefill["input_ids"].shape
-    tracer = Tracer(prefill_runner or model, batch=B, kv=_kv_spec(model))
+    tracer = Tracer(prefill_runner or model, batch=B, kv=KVCacheSpec.of(model.config))
     try:
         tracer.rec.new_tokens = P
         if prefill_runner is not None:

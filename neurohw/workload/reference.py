@@ -121,8 +121,7 @@ def trace_decode(model: nn.Module, *, prompt_len: int, new_tokens: int, name: st
     if prompt_len < 1 or new_tokens < 1:
         raise ValueError(f"trace_decode: prompt_len={prompt_len} and new_tokens={new_tokens} must be >= 1")
     cfg = model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv = KVCacheSpec(kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, head_dim=head_dim)
+    kv = KVCacheSpec.of(cfg)
     ids = torch.randint(3, cfg.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
     tracer = Tracer(model, batch=1, kv=kv)
     try:

@@ -47,6 +47,13 @@ class KVCacheSpec:
     kv_heads: int
     head_dim: int
 
+    @classmethod
+    def of(cls, config) -> "KVCacheSpec":
+        """The cache of a HF decoder config (a multimodal model's ``text_config`` is used when it has one)."""
+        cfg = getattr(config, "text_config", None) or config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return cls(kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, head_dim=head_dim)
+
 
 @functools.cache
 def _neuron_bases() -> tuple[type, ...]:

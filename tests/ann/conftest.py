@@ -1,17 +1,12 @@
 """Shared fixtures of the ann tests."""
 
 import pytest
-import torch
 from transformers import PreTrainedTokenizerFast
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest, and immune to OpenMP stalls when other jobs load the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every ann test runs on one thread (tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -35,12 +35,8 @@ def tiny_llama(seed: int = 0, layers: int = 3) -> LlamaForCausalLM:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest, and immune to other jobs loading the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
