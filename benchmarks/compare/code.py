@@ -463,8 +463,8 @@ def _spiking_lm_row(ctx: Context, row_id: str, variant: str, model, *, weight_by
                           f"the spike cache (T={T}: key / value spikes of every block and timestep); state: the "
                           f"cache of {cache.length} positions at 1 bit per spike ({cache.spike_count() / 8 / 1e3:.1f} "
                           f"kB) + the membranes of the prefill, the largest call ({membrane_bytes / 1e3:.1f} kB); accelerator: the decode traced "
-                          "(trace_spiking_decode; cached spikes are read as the attention products' operands at the "
-                          "activation width)",
+                          "(trace_spiking_decode; the cached spikes are the attention products' second operands, moved at "
+                          "1 bit)",
                     reproduce=_cmd(ctx, row_id))
 
 
