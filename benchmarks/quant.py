@@ -118,14 +118,16 @@ def _variants(model, root, sens, validate, profile: Profile, log, *, energy=None
 
 
 def allocate_mixed(model, root, sens, validate, choices: tuple[int, ...], budget, log, *, name: str,
-                   flat: bool = False) -> tuple[dict, dict]:
+                   flat: bool = False, progress: bool = True) -> tuple[dict, dict]:
     """One mixed-precision configuration of ``model`` under ``budget`` (:func:`quant.mixed.mixed_config` on the KL
     sensitivities ``sens``, its penalty path validated by ``validate``; group-wise weights, :data:`GROUP`):
-    ``(bit config, allocation info)``."""
+    ``(bit config, allocation info)``. ``progress``: count the sensitivity evaluations on stderr (an hour on
+    SmolLM2 at one thread)."""
     from quant.mixed import mixed_config
 
     log(f"  allocating {name}")
-    cfg, alloc, cands = mixed_config(model, root, sens.fn("kl"), choices, budget, _spec, flat=flat, validate=validate)
+    cfg, alloc, cands = mixed_config(model, root, sens.fn("kl"), choices, budget, _spec, flat=flat, validate=validate,
+                                     progress=progress)
     info = {"average_bits": alloc.average_bits, "evaluations": alloc.cost.evaluations,
             "sensitivity_seconds": alloc.cost.sensitivity_seconds, "solve_seconds": alloc.cost.solve_seconds,
             "ilp_variables": alloc.cost.ilp_variables,

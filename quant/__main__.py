@@ -109,7 +109,8 @@ def quantize_command(args: argparse.Namespace) -> dict:
         budget_bits = min(budget_bits, args.budget_mb * 2 ** 20 * 8)
     validate = kl_validator(model, held_out, act_bits=args.act_bits) if held_out else None
     bit_config, alloc, candidates = mixed_config(model, root, sens.fn(args.metric), args.choices,
-                                                 Budget(bytes=budget_bits / 8), spec, flat=args.flat, validate=validate)
+                                                 Budget(bytes=budget_bits / 8), spec, flat=args.flat, validate=validate,
+                                                 progress=True)
     qmodel = quantize_model(model, bit_config, act_bits=args.act_bits)
     save_quantized(qmodel, bit_config, args.out)
     tok.save_pretrained(str(args.out))

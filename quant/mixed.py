@@ -26,6 +26,8 @@ per group. Weights tied across modules (an embedding and its ``lm_head``) get on
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,12 +100,16 @@ def _config(model: nn.Module, root: Node, alloc: Allocation, spec: Callable[[int
 def mixed_config(model: nn.Module, root: Node, score: Callable[[Node, int], float], choices: Sequence[int],
                  budget: Budget, spec: Callable[[int], QuantSpec], *, flat: bool = False,
                  validate: Callable[[dict[str, QuantSpec]], float] | None = None,
-                 penalties: Sequence[float] = PENALTIES) -> tuple[dict[str, QuantSpec], Allocation, list[Candidate]]:
+                 penalties: Sequence[float] = PENALTIES,
+                 progress: bool = False) -> tuple[dict[str, QuantSpec], Allocation, list[Candidate]]:
     """Allocate widths from ``choices`` under ``budget`` (``score(node, bits)``: a sensitivity, e.g.
     ``Sensitivity.fn("kl")``), hierarchy-aware unless ``flat``; ``spec(bits)`` makes each module's QuantSpec.
     With ``validate``, the penalty path of the module docstring picks the configuration; without it, the plain
     ILP (t = 0). Returns ``(config, allocation, candidates)``; the allocation's search cost counts the distinct
-    sensitivity evaluations of the whole path."""
+    sensitivity evaluations of the whole path and the seconds they took. ``progress``: a tqdm counter of those
+    evaluations on stderr (their number depends on how deep the search refines, so it has no total)."""
+    from tqdm import tqdm
+
     choices = sorted(set(choices))
     penalties = sorted(set(penalties)) if validate is not None else [0.0]
     if not penalties or penalties[0] < 0:
@@ -114,10 +120,19 @@ def mixed_config(model: nn.Module, root: Node, score: Callable[[Node, int], floa
     b_ref = fits[-1] if fits else choices[0]
     b_lo = max((b for b in choices if b < b_ref), default=b_ref)
     seen: set[tuple[Node, int]] = set()
+    bar = tqdm(desc="sensitivities", unit="eval", disable=not progress, file=sys.stderr)
+    seconds = 0.0
 
     def counted(node: Node, bits: int) -> float:
+        nonlocal seconds
+        if (node, bits) in seen:
+            return score(node, bits)
+        t0 = time.perf_counter()
+        value = score(node, bits)
+        seconds += time.perf_counter() - t0
         seen.add((node, bits))
-        return score(node, bits)
+        bar.update()
+        return value
 
     rho = 0.0
     if b_ref > b_lo and penalties[-1] > 0:
@@ -133,12 +148,13 @@ def mixed_config(model: nn.Module, root: Node, score: Callable[[Node, int], floa
             continue
         runs.append((t, config, alloc, validate(config) if validate is not None else None))
     best = min(range(len(runs)), key=lambda i: (runs[i][3] if runs[i][3] is not None else 0.0, i))
-    candidates = [Candidate(t, a.average_bits, sum(score(n, b) for n, b in _frontier(root, a)), v,
+    candidates = [Candidate(t, a.average_bits, sum(counted(n, b) for n, b in _frontier(root, a)), v,
                             {b: sum(1 for n in root.at_level(Level.SUBLAYER) if a.bits[n.leaves()[0].name] == b)
                              for b in choices}, i == best)
                   for i, (t, _, a, v) in enumerate(runs)]
     _, config, alloc, _ = runs[best]
-    alloc.cost.evaluations = len(seen)
+    bar.close()
+    alloc.cost.evaluations, alloc.cost.sensitivity_seconds = len(seen), seconds
     return config, alloc, candidates
 
 

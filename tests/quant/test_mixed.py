@@ -52,3 +52,13 @@ def test_penalty_path_picks_the_best_validated_candidate_and_every_candidate_mee
         mixed_config(m, root, sens.fn("kl"), (2, 4), Budget(avg_bits=3.0), spec, validate=validate, penalties=(-1.0,))
     with pytest.raises(ValueError, match="held-out"):
         kl_validator(m, [])
+
+
+def test_search_cost_counts_every_sensitivity_of_the_path_and_progress_counts_them(capsys):
+    m, root, sens, spec, batches = _setup()
+    _, alloc, _ = mixed_config(m, root, sens.fn("kl"), (2, 3, 4, 8), Budget(avg_bits=3.0), spec,
+                               validate=kl_validator(m, batches[1:]), progress=True)
+    # The path's later ILPs reuse the memoised scores; the cost still counts the ones the first ILPs computed.
+    assert alloc.cost.evaluations == sens.cost.evaluations["kl"] > 0
+    assert alloc.cost.sensitivity_seconds >= sens.cost.seconds["kl"] > 0
+    assert f"sensitivities: {alloc.cost.evaluations}eval [" in capsys.readouterr().err
