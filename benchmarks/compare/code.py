@@ -96,12 +96,6 @@ def _cmd(ctx: Context, row_id: str) -> str:
     return f"python -m benchmarks.compare ann snn --profile {ctx.profile} --seed {ctx.seed} --only {row_id}"
 
 
-def _fingerprint(*paths: str) -> str:
-    from benchmarks.models import code_fingerprint
-
-    return code_fingerprint(paths)
-
-
 # ------------------------------------------------------------------------------------------------ the yardstick
 @dataclass(frozen=True)
 class Decode:
@@ -240,13 +234,13 @@ def _mixed(ctx: Context, name: str, base, tok, base_id: str):
         root = build_hierarchy(base)
         sens = Sensitivity(base, root, batches, fake_quant=bq._fq)
         cfg, info = bq.allocate_mixed(base, root, sens, kl_validator(base, held_out), qp.choices, Budget(avg_bits=avg),
-                                      ctx.log, name=f"{name} mixed {avg:g}-bit")
+                                      ctx.log, name=f"{name} mixed {avg:g}-bit", progress=ctx.progress)
         save_quantized(quantize_model(base, cfg, act_bits=None), cfg, folder / "model")
         (folder / "allocation.json").write_text(json.dumps(info, default=str))
 
     folder, _ = cached_dir(ctx, f"code-{name}-mixed", {"base": base_id, "avg_bits": avg, "choices": qp.choices,
                                                       "calib": [qp.calib_tokens, qp.calib_batches, qp.val_tokens],
-                                                      "group": bq.GROUP, "code": _fingerprint("quant")}, make)
+                                                      "group": bq.GROUP}, make, code=("quant",))
     qm = load_quantized(folder / "model", model=base)
     modules = json.loads((folder / "model" / "quant_config.json").read_text())["modules"]
     return qm, {n: int(s["bits"]) for n, s in modules.items()}, json.loads((folder / "allocation.json").read_text())
@@ -313,9 +307,8 @@ def _pruned(ctx: Context):
 
     config = {"smollm2": SMOLLM2_VERSION, "ratio": ratio, "vocab": vocab, "flops": bp.LM_SEARCH_FLOPS,
               "vocab_counts": bp.VOCAB_MIN_COUNTS, "vocab_tolerance": bp.VOCAB_TOLERANCE,
-              "profile": [pp.lm_eval_bytes, pp.lm_calib_blocks, pp.lm_recover_steps, pp.lm_lr], "seed": ctx.seed,
-              "code": _fingerprint("ann/prune", "ann/train/code.py")}
-    folder, _ = cached_dir(ctx, "code-smollm2-pruned", config, make)
+              "profile": [pp.lm_eval_bytes, pp.lm_calib_blocks, pp.lm_recover_steps, pp.lm_lr], "seed": ctx.seed}
+    folder, _ = cached_dir(ctx, "code-smollm2-pruned", config, make, code=("ann/prune", "ann/train/code.py"))
     model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(folder / "model")
     return model, tok, folder.name, json.loads((folder / "prune.json").read_text())
@@ -428,8 +421,8 @@ def _byte_lms(ctx: Context) -> dict:
         (folder / "train.json").write_text(json.dumps({"spiking_seconds": t_snn, "ann_seconds": t_ann}))
 
     folder, _ = cached_dir(ctx, "code-byte-lms", {"steps": steps, "batch": LM_BATCH, "seq": LM_SEQ, "seed": ctx.seed,
-                                                  "spiking": config_dict(cfg), "torch": torch.__version__,
-                                                  "code": _fingerprint("snn/models", "snn/neurons.py")}, make)
+                                                  "spiking": config_dict(cfg), "torch": torch.__version__}, make,
+                           code=("snn/models", "snn/neurons.py"))
     return {"spiking": load_model(folder / "spiking").eval(),
             "ann": LlamaForCausalLM.from_pretrained(folder / "ann", dtype=torch.float32).eval(), "steps": steps,
             "folder": folder.name}
@@ -539,8 +532,7 @@ def _snn_quant(ctx: Context, lm, lms_key: str):
 
     folder, _ = cached_dir(ctx, "code-snn-quant", {"lm": lms_key, "constraints": bsq.LM_CONSTRAINTS,
                                                    "val_windows": bsq.LM_VAL_WINDOWS, "seq": bsq.LM_SEQ,
-                                                   "ladders": bsq.LADDERS, "seed": ctx.seed,
-                                                   "code": _fingerprint("snn/quant")}, make)
+                                                   "ladders": bsq.LADDERS, "seed": ctx.seed}, make, code=("snn/quant",))
     got = json.loads((folder / "precision.json").read_text())
     return q, SpikingPrecision.from_dict(got["precision"]), got
 

@@ -217,10 +217,17 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def cached_dir(ctx: Context, name: str, config: dict, make: Callable[[Path], None]) -> tuple[Path, bool]:
+def cached_dir(ctx: Context, name: str, config: dict, make: Callable[[Path], None], *,
+               code: tuple[str, ...] = ()) -> tuple[Path, bool]:
     """The folder ``cache_dir/<name>-<hash of config>``: made by ``make(folder)`` into a temporary folder that is
     renamed into place only when ``make`` returns (an interrupted run leaves no half-written entry); returns
-    (folder, cached). ``config`` must hold everything that shapes the result (a changed config retrains)."""
+    (folder, cached). ``config`` must hold everything that shapes the result (a changed config retrains); ``code``:
+    the repository paths whose source ``make`` runs (:func:`benchmarks.models.code_fingerprint` joins the config as
+    ``"code"``, so an edit there retrains too)."""
+    if code:
+        from benchmarks.models import code_fingerprint
+
+        config = {**config, "code": code_fingerprint(code)}
     out = ctx.cache_dir / f"{name}-{config_key(config)}"
     if (out / "done.json").is_file():
         ctx.log(f"{name}: cached ({out})")

@@ -61,7 +61,8 @@ def _mlp(ctx: Context):
             save_mlp(model, folder / "mlp", extra={"train_result": {"val_accuracy": res.val_accuracy}})
 
         folder, _ = cached_dir(ctx, "digits-mlp", {"model": MLPConfig().to_dict(), "train": train_cfg.__dict__,
-                                                   "seed": ctx.seed, "torch": torch.__version__}, train)
+                                                   "seed": ctx.seed, "torch": torch.__version__}, train,
+                               code=("ann/models/mlp.py", "tasks/classifier.py"))
         return load_mlp(folder / "mlp")[0]
 
     return ctx.once("digits/mlp", make)
@@ -153,7 +154,9 @@ def snn_loihi(ctx: Context) -> Measured:
         nir.write(str(folder / "net.nir"), export_nir(model, input_shape=(64,)))
         (folder / "train.json").write_text(json.dumps(info))
 
-    folder, _ = cached_dir(ctx, "digits-loihi-mlp", {"epochs": epochs, "seed": ctx.seed, "T": LOIHI_T}, make)
+    folder, _ = cached_dir(ctx, "digits-loihi-mlp", {"epochs": epochs, "seed": ctx.seed, "T": LOIHI_T}, make,
+                           code=("ann/models/mlp.py", "tasks/classifier.py", "quant/qcfs.py", "conversion",
+                                 "snn/nir.py"))
     graph = nir.read(str(folder / "net.nir"))
     net = DirectEncoding(import_nir(graph), LOIHI_T)
     test = data["test"]
@@ -198,7 +201,8 @@ def _vit(ctx: Context):
             save_file(model.state_dict(), str(folder / "model.safetensors"))
 
         folder, _ = cached_dir(ctx, "digits-spikformer", {"model": SpikformerConfig(engine="fused").__dict__,
-                                                          "train": cfg.__dict__, "seed": ctx.seed}, train)
+                                                          "train": cfg.__dict__, "seed": ctx.seed}, train,
+                               code=("snn/models", "snn/neurons.py", "tasks/classifier.py"))
         model = Spikformer(SpikformerConfig(engine="fused"))
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
         return model.eval()
@@ -289,7 +293,9 @@ def snn_nas(ctx: Context) -> Measured:
         (folder / "genotype.json").write_text(json.dumps({"genotype": best.genotype.to_dict(), "trial": best.number}))
 
     folder, _ = cached_dir(ctx, "digits-nas", {"space": space.to_dict(), "budget": budget, "recipe": recipe.__dict__,
-                                               "trials": prof["nas_trials"], "fast": prof["nas_fast"], "seed": ctx.seed}, make)
+                                               "trials": prof["nas_trials"], "fast": prof["nas_fast"],
+                                               "seed": ctx.seed}, make,
+                           code=("snn/nas", "snn/models", "snn/neurons.py", "snn/quant", "tasks/classifier.py"))
     g = Genotype.from_dict(json.loads((folder / "genotype.json").read_text())["genotype"])
     model = build(g, space)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))

@@ -289,7 +289,7 @@ def _pruned(ctx: Context):
 
     config = {"base": large.name, "ratio": s.prune_ratio, "calib": s.prune_calib_images, "steps": s.prune_steps,
               "lr": s.prune_lr, "seed": ctx.seed}
-    folder, _ = cached_dir(ctx, "synthmed-pruned", config, make)
+    folder, _ = cached_dir(ctx, "synthmed-pruned", config, make, code=("ann/prune", "ann/train/vqa.py"))
     return ctx.once("synthmed/pruned", lambda: (*_load(folder / "model"), folder.name))
 
 
@@ -307,12 +307,12 @@ def _mixed(ctx: Context, name: str, model, tok, source: str):
         val = encode_vqa(_split(ctx, "val"), tok, model.num_visual_tokens)
         root, sens, validate = mfm_sensitivity(model, val, s.quant_calib_images)
         cfg, info = allocate_mixed(model, root, sens, validate, s.quant_choices, Budget(avg_bits=s.quant_bits), ctx.log,
-                                   name=f"mixed {s.quant_bits:g}-bit ({source})")
+                                   name=f"mixed {s.quant_bits:g}-bit ({source})", progress=ctx.progress)
         save_quantized(quantize_model(model, cfg, act_bits=None), cfg, folder / "model")
         (folder / "allocation.json").write_text(json.dumps(info, default=str))
 
     folder, _ = cached_dir(ctx, name, {"base": source, "bits": s.quant_bits, "choices": s.quant_choices,
-                                                   "calib": s.quant_calib_images}, make)
+                                                   "calib": s.quant_calib_images}, make, code=("quant",))
     return load_quantized(folder / "model", model=model), json.loads((folder / "allocation.json").read_text())
 
 
@@ -418,7 +418,8 @@ def ann_cooptimized(ctx: Context) -> Measured:
         record = {"chosen": chosen, "default": found.default, "points": len(found.rows)}
         (folder / "chosen.json").write_text(json.dumps(record))
 
-    folder, _ = cached_dir(ctx, "synthmed-cooptimize", {"base": base_dir.parent.name, "space": prof, "seed": ctx.seed}, make)
+    folder, _ = cached_dir(ctx, "synthmed-cooptimize", {"base": base_dir.parent.name, "space": prof, "seed": ctx.seed},
+                           make, code=("ann/cooptimize",))
     rec = json.loads((folder / "chosen.json").read_text())
     c = rec["chosen"]
     cfg = InputConfig(Geometry(c["image_size"], c["patch_size"], c["merge_factor"]), vit_keep=c["vit_keep"],
@@ -514,7 +515,8 @@ def _spiking(ctx: Context):
         shutil.rmtree(folder / "run" / "checkpoint", ignore_errors=True)  # resume state: not needed once trained
         (folder / "teacher_logits.safetensors").unlink()
 
-    folder, _ = cached_dir(ctx, "synthmed-spiking-mfm", {"argv": argv, "teacher": large.name}, make)
+    folder, _ = cached_dir(ctx, "synthmed-spiking-mfm", {"argv": argv, "teacher": large.name}, make,
+                           code=("snn/models", "snn/neurons.py", "snn/train.py", "snn/vqa.py"))
     return ctx.once("synthmed/spiking", lambda: (load_model(folder / "run" / "model").eval(), folder.name))
 
 
@@ -604,7 +606,8 @@ def snn_quantized(ctx: Context) -> Measured:
                                                            "val_ref": res.score_ref}))
 
     folder, _ = cached_dir(ctx, "synthmed-spiking-quant", {"model": source, "val": s.snnq_val_images,
-                                                           "constraints": dataclasses.asdict(constraints)}, make)
+                                                           "constraints": dataclasses.asdict(constraints)}, make,
+                           code=("snn/quant",))
     rec = json.loads((folder / "precision.json").read_text())
     p = SpikingPrecision.from_dict(rec["precision"])
     qm = q.build(p)

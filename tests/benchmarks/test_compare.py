@@ -96,3 +96,25 @@ def test_bad_arguments_name_the_choices(capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(["ann", "--threads", "0"])
     assert "--threads 0 is invalid" in capsys.readouterr().err
+
+
+def test_a_cache_entry_is_remade_when_its_config_or_its_source_changes(monkeypatch, tmp_path):
+    import benchmarks.models as bm
+    from benchmarks.compare.core import Context, cached_dir
+
+    ctx = Context(profile="quick", seed=0, cache_dir=tmp_path, log=lambda m: None, progress=False)
+    made = []
+
+    def make(folder):
+        made.append(folder)
+        (folder / "x.txt").write_text(str(len(made)))
+
+    source = {"v": "first"}
+    monkeypatch.setattr(bm, "code_fingerprint", lambda paths: f"{paths} {source['v']}")
+    a, cached_a = cached_dir(ctx, "entry", {"k": 1}, make, code=("quant",))
+    b, cached_b = cached_dir(ctx, "entry", {"k": 1}, make, code=("quant",))
+    assert (cached_a, cached_b, a, len(made)) == (False, True, b, 1)
+    source["v"] = "edited"
+    c, cached_c = cached_dir(ctx, "entry", {"k": 1}, make, code=("quant",))
+    d, _ = cached_dir(ctx, "entry", {"k": 2}, make, code=("quant",))
+    assert not cached_c and len({a, c, d}) == 3 and len(made) == 3 and (c / "x.txt").read_text() == "2"
